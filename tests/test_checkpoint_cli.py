@@ -1,0 +1,142 @@
+"""Checkpoint round trip, refused/incompatible checkpoints, and the predict CLI."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import run_script
+from dataset import list_images, load_images, to_arrays
+from torch_model_predict import (CaptchaRecognizer, CheckpointError, converter_from, evaluate, load_checkpoint,
+                                 model_from_checkpoint)
+
+
+def test_checkpoint_holds_everything_prediction_needs(cnn_ckpt):
+    ckpt = load_checkpoint(cnn_ckpt)
+    assert ckpt["alphabet"] == "0123456789" and ckpt["label_length"] == 4
+    assert ckpt["preprocess"] == {"width": 50, "height": 22, "channels": 3}
+    assert ckpt["model_args"]["arch"] == "cnn"
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    assert ckpt["optimizer"] is None  # the best checkpoint stays small; *_last.pth holds it
+    assert not os.path.exists(str(cnn_ckpt).replace(".pth", "_last.pth"))  # removed after a full run
+
+
+def test_round_trip_gives_the_same_predictions(cnn_ckpt, digits_dir, tmp_path):
+    ckpt = load_checkpoint(cnn_ckpt)
+    model = model_from_checkpoint(ckpt)
+    images, paths = load_images(list_images([digits_dir]))
+    arrays = to_arrays(images, CaptchaRecognizer(cnn_ckpt).spec)
+    before, conf_before = evaluate(model, converter_from(ckpt), arrays)
+    torch.save(ckpt, tmp_path / "copy.pth")
+    rec = CaptchaRecognizer(tmp_path / "copy.pth")
+    after = rec.predict_batch(paths)
+    assert [t for t, _ in after] == before
+    assert [c for _, c in after] == pytest.approx(conf_before, rel=1e-5)
+    assert rec.predict(paths[0]) == after[0]
+    # the short training actually learned its images
+    labels = [p.name[:4] for p in paths]
+    assert sum(p == t for p, t in zip(before, labels)) >= 0.9 * len(labels)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_marker",))
+
+
+def test_pickled_code_is_refused_not_run(tmp_path):
+    bad = tmp_path / "evil.pth"
+    torch.save({"format": "captcha-recognize/1", "model": Exploit()}, bad)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(bad)
+    r = run_script("torch_model_predict.py", str(tmp_path), "--checkpoint", str(bad), cwd=tmp_path)
+    assert r.returncode == 2 and "refused" in r.stderr
+    assert not (tmp_path / "pwned_marker").exists()
+
+
+def test_missing_foreign_and_corrupt_checkpoints_exit_2(tmp_path, digits_dir):
+    foreign = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, foreign)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 garbage")
+    for ckpt, msg in [(tmp_path / "none.pth", "no checkpoint"), (foreign, "not a captcha checkpoint"),
+                      (corrupt, "not a readable PyTorch checkpoint")]:
+        r = run_script("torch_model_predict.py", str(digits_dir), "--checkpoint", str(ckpt))
+        assert r.returncode == 2, r.stderr
+        assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_weights_that_do_not_fit_the_config_exit_2(cnn_ckpt, tmp_path):
+    ckpt = load_checkpoint(cnn_ckpt)
+    ckpt["model_args"]["n_positions"] = 5
+    torch.save(ckpt, tmp_path / "mismatch.pth")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        CaptchaRecognizer(tmp_path / "mismatch.pth")
+
+
+def test_predict_cli_report_and_json(cnn_ckpt, digits_dir, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    files = sorted(digits_dir.iterdir())[:6]
+    for f in files:
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "unlabelled.png").write_bytes(files[0].read_bytes())
+    (folder / "9999.png").write_bytes(b"")
+    r = run_script("torch_model_predict.py", str(folder), "--checkpoint", str(cnn_ckpt), "--json", "-")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert len(report["files"]) == 7 and "9999.png" in r.stderr  # the empty file is reported, skipped
+    by_name = {os.path.basename(f["path"]): f for f in report["files"]}
+    assert by_name["unlabelled.png"]["label"] is None and by_name["unlabelled.png"]["correct"] is None
+    first = by_name[files[0].name]
+    assert first["label"] == files[0].name[:4]
+    assert first["correct"] == (first["prediction"] == first["label"])
+    s = report["summary"]
+    assert s["n"] == 7 and s["labelled"] == 6 and len(s["position_accuracy"]) == 4
+    right = sum(f["correct"] for f in report["files"] if f["correct"] is not None)
+    assert s["sequence_accuracy"] == pytest.approx(right / 6)
+    assert "Accuracy 1:" in r.stderr and "characters wrong" in r.stderr
+
+
+def test_predict_cli_without_labels_has_no_accuracy(cnn_ckpt, digits_dir, tmp_path):
+    f = sorted(digits_dir.iterdir())[0]
+    (tmp_path / "captcha.png").write_bytes(f.read_bytes())
+    r = run_script("torch_model_predict.py", str(tmp_path / "captcha.png"), "--checkpoint", str(cnn_ckpt),
+                   "--json", str(tmp_path / "r.json"))
+    assert r.returncode == 0 and "Accuracy" not in r.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"] == {"n": 1}
+
+
+def test_predict_cli_nothing_readable_exits_1(cnn_ckpt, tmp_path):
+    (tmp_path / "1234.png").write_text("nope")
+    r = run_script("torch_model_predict.py", str(tmp_path), "--checkpoint", str(cnn_ckpt))
+    assert r.returncode == 1 and "no readable images" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_script("torch_model_predict.py", str(empty), "--checkpoint", str(cnn_ckpt))
+    assert r.returncode == 1
+
+
+def test_train_cli_bad_data_is_one_line(tmp_path):
+    r = run_script("torch_model_train.py", "--data", str(tmp_path), "--out", str(tmp_path / "x.pth"))
+    assert r.returncode == 1 and r.stderr.strip().startswith("error: no images")
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_errors_contact_sheet_shows_the_misread_images(cnn_ckpt, digits_dir, tmp_path):
+    from PIL import Image
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    files = sorted(digits_dir.iterdir())[:3]
+    for i, f in enumerate(files):  # give two images labels they cannot match
+        name = f.name if i == 0 else f"{'0000' if f.name[:4] != '0000' else '1111'}_{i}.png"
+        (folder / name).write_bytes(f.read_bytes())
+    sheet = tmp_path / "errors.png"
+    r = run_script("torch_model_predict.py", str(folder), "--checkpoint", str(cnn_ckpt), "--errors", str(sheet))
+    assert r.returncode == 0, r.stderr
+    n_wrong = r.stdout.count("WRONG")
+    assert n_wrong >= 2 and f"wrote {n_wrong} misread images" in r.stderr
+    with Image.open(sheet) as im:
+        assert im.width >= 160 * n_wrong  # one captioned tile per misread image, side by side

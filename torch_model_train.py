@@ -1,0 +1,477 @@
+"""Train a captcha model on a folder of images whose file names are their labels.
+
+Usage:
+    python torch_model_train.py                                  # CNN on train_images/
+    python torch_model_train.py --data ../my_captchas --arch crnn
+    python torch_model_train.py --resume                         # continue an interrupted run
+    python torch_model_train.py --synthetic 20000 --alphabet 0123456789 --length 4
+    torchrun --nproc_per_node=4 torch_model_train.py --data big_folder/   # DDP
+
+Writes the best checkpoint (by validation sequence accuracy) to ``--out`` and, while
+training, the latest state to ``<out>_last.pth`` for ``--resume``; both atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from dataset import (Augment, ArrayDataset, DataError, LabelConverter, Preprocess, SyntheticCaptchas,
+                     augment, auto_size, infer_alphabet, normalize, read_labelled, split_indices, to_arrays)
+from model import ModelConfig, build_model
+from torch_model_predict import (CHECKPOINT_FORMAT, CheckpointError, evaluate, format_scores,
+                                 load_checkpoint, mistakes_table, pick_device, score)
+
+
+# ------------------------------------------------------------------------ distributed
+
+class Dist:
+    """Process-group facts; a single process is rank 0 of world 1."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self, device: torch.device) -> torch.device:
+        """Join the process group (NCCL on CUDA, Gloo on CPU); returns this rank's device."""
+        if not self.enabled:
+            return device
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.device = device
+        return device
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks."""
+        if not self.enabled:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)  # NCCL needs CUDA tensors
+        dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# -------------------------------------------------------------------------- arguments
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a captcha recognizer on file-name-labelled images.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", nargs="*", default=None,
+                   help="folders/files of labelled images (default: train_images, unless --synthetic alone)")
+    p.add_argument("--arch", choices=["cnn", "crnn"], default="cnn", help="model family")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the data (default: enough for ~800 optimizer steps, 16..60 epochs)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (per process under torchrun)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="CNN cross-entropy label smoothing")
+    p.add_argument("--val-split", type=float, default=0.1, help="fraction held out for validation")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
+    p.add_argument("--out", default="captcha_recognize.pth", help="best checkpoint path")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help="continue from CKPT (default: <out>_last.pth)")
+    p.add_argument("--init-from", metavar="CKPT", help="start from these weights (fine-tuning)")
+    p.add_argument("--alphabet", help="characters to recognise (default: those in the labels)")
+    p.add_argument("--length", type=int, help="label length for the CNN (default: from the labels)")
+    p.add_argument("--img-size", metavar="WxH",
+                   help="model input size (default: most common image size, scaled to at most 32 high)")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="3 = colour, 1 = grey (default: cnn 3, crnn 1)")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="add N freshly generated captchas per epoch (needs --alphabet and --length "
+                        "when there is no --data)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: 4 on CUDA or with --synthetic, else 0)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                   help="mixed precision on CUDA (auto: bf16 if supported, else fp16); CPU runs fp32")
+    p.add_argument("--show-errors", type=int, default=10, help="validation mistakes shown at the end")
+    p.add_argument("--plot", default="auto", help="training-curve PNG (auto: <out>.png; 'none' to skip)")
+    args = p.parse_args(argv)
+    if args.data is None:
+        args.data = [] if args.synthetic and args.alphabet and args.length else ["train_images"]
+    if args.resume == "":
+        args.resume = last_path(args.out)
+    return args
+
+
+def last_path(out: str) -> str:
+    """Path of the resumable latest-state checkpoint that goes with ``out``."""
+    root, ext = os.path.splitext(out)
+    return f"{root}_last{ext or '.pth'}"
+
+
+# ------------------------------------------------------------------------------ setup
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return w, h
+    except ValueError:
+        raise DataError(f"--img-size must look like 50x22 (width x height), not {text!r}") from None
+
+
+def make_task(args: argparse.Namespace, data, init: dict[str, Any] | None) -> tuple[LabelConverter, Preprocess]:
+    """Alphabet, label length and input size: from a checkpoint when resuming/fine-tuning,
+    else from the flags, else inferred from the data."""
+    if init is not None:
+        conv = LabelConverter(init["alphabet"], init["label_length"], ctc=init["model_args"]["arch"] == "crnn")
+        return conv, Preprocess(**init["preprocess"])
+    labels = data.labels if data is not None else []
+    alphabet = args.alphabet or infer_alphabet(labels)
+    lengths = sorted({len(s) for s in labels}) or [args.length]
+    length = args.length or lengths[-1]
+    if args.arch == "cnn" and (args.length is None and len(lengths) > 1):
+        raise DataError(f"labels have different lengths {lengths}: the CNN needs one length "
+                        f"(give --length, or use --arch crnn)")
+    if data is not None:
+        w, h = parse_size(args.img_size) if args.img_size else auto_size([im.size for im in data.images])
+    else:
+        w, h = parse_size(args.img_size) if args.img_size else (100, 32)
+    channels = args.channels or (3 if args.arch == "cnn" else 1)
+    return LabelConverter(alphabet, length, ctc=args.arch == "crnn"), Preprocess(w, h, channels)
+
+
+def build_datasets(args, data, conv: LabelConverter, spec: Preprocess, log):
+    """Train and validation datasets; validation comes from the real folder when there is one."""
+    train_parts: list[torch.utils.data.Dataset] = []
+    val = None
+    if data is not None:
+        keep = [i for i, s in enumerate(data.labels) if conv.accepts(s)]
+        if len(keep) < len(data.labels):
+            log(f"warning: skipped {len(data.labels) - len(keep)} images whose label does not fit "
+                f"alphabet {conv.alphabet!r}" + ("" if conv.ctc else f" and length {conv.length}"))
+        if not keep:
+            raise DataError("no image has a label that fits the alphabet and length")
+        arrays = to_arrays([data.images[i] for i in keep], spec)  # (N, C, H, W) uint8
+        labels = [data.labels[i] for i in keep]
+        tr, va = split_indices(len(labels), [args.val_split], args.seed) if args.val_split > 0 else (
+            list(range(len(labels))), [])
+        train_parts.append(ArrayDataset(arrays[tr], [labels[i] for i in tr]))
+        if va:
+            val = ArrayDataset(arrays[va], [labels[i] for i in va])
+    if args.synthetic:
+        train_parts.append(SyntheticCaptchas(args.synthetic, conv.alphabet, conv.length, spec, seed=args.seed))
+        if val is None:
+            val = SyntheticCaptchas(max(200, args.synthetic // 20), conv.alphabet, conv.length, spec,
+                                    seed=args.seed + 7919)
+    if not train_parts or not len(train_parts[0]):
+        raise DataError("nothing to train on")
+    return (train_parts[0] if len(train_parts) == 1 else ConcatDataset(train_parts)), val
+
+
+def materialize(ds) -> tuple[torch.Tensor, list[str]]:
+    """All images and labels of a (small) dataset as one uint8 tensor and a list."""
+    if isinstance(ds, ArrayDataset):
+        return ds.arrays, ds.labels
+    items = [ds[i] for i in range(len(ds))]
+    return torch.stack([a for a, _ in items]), [s for _, s in items]
+
+
+# ----------------------------------------------------------------------------- losses
+
+def compute_loss(logits: torch.Tensor, labels: Sequence[str], conv: LabelConverter,
+                 label_smoothing: float) -> tuple[torch.Tensor, list[float]]:
+    """Mean loss and per-head losses (CNN) for a batch of logits."""
+    targets, lengths = conv.encode(labels)
+    targets, logits = targets.to(logits.device), logits.float()
+    if conv.ctc:
+        log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, B, K + 1)
+        t, b = log_probs.shape[:2]
+        in_len = torch.full((b,), t, dtype=torch.long)
+        loss = F.ctc_loss(log_probs, targets, in_len, lengths, blank=conv.blank, zero_infinity=True)
+        return loss, []
+    per_head = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), label_smoothing=label_smoothing,
+                               reduction="none").view_as(targets).mean(0)  # (P,)
+    return per_head.mean(), per_head.tolist()
+
+
+# --------------------------------------------------------------------------- training
+
+def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``obj`` to a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def default_epochs(n_train: int, batch: int, world: int, target_steps: int = 800) -> int:
+    """Enough epochs for about ``target_steps`` optimizer steps, clamped to 16..60."""
+    steps = max(1, math.ceil(n_train / (batch * world)))
+    return max(16, min(60, math.ceil(target_steps / steps)))
+
+
+def autocast_for(device: torch.device, amp: str):
+    """Mixed-precision context for CUDA; a no-op elsewhere."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext(), None
+    dtype = torch.float16 if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()) \
+        else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def train_epoch(model, loader, opt, sched, conv: LabelConverter, args, device, epoch: int,
+                show: bool, amp_ctx, scaler) -> tuple[float, list[float], int]:
+    """One pass over the loader; returns summed loss, summed per-head losses, batches."""
+    model.train()
+    aug = None if args.no_augment else Augment()
+    gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 1009 + int(os.environ.get("RANK", 0)))
+    total, heads, batches = 0.0, [], 0
+    bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=None if show else True,
+               dynamic_ncols=True)
+    for arrays, labels in bar:
+        x = normalize(arrays)  # (B, C, H, W)
+        if aug is not None:
+            x = augment(x, aug, gen)
+        x = x.to(device, non_blocking=True)
+        with amp_ctx:
+            logits = model(x)
+        loss, per_head = compute_loss(logits, labels, conv, args.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        sched.step()
+        total += loss.item()
+        heads = [a + b for a, b in zip(heads, per_head)] if heads else per_head
+        batches += 1
+        bar.set_postfix(loss=f"{total / batches:.4f}")
+    return total, heads, batches
+
+
+def validate(model, val_arrays, val_labels, conv, device, d: Dist) -> tuple[dict[str, Any], list[str], list[float]]:
+    """Score the validation set, each rank reading its shard; all ranks get the same numbers."""
+    shard = list(range(d.rank, len(val_labels), d.world))
+    preds, confs = evaluate(model, conv, val_arrays[shard], device) if shard else ([], [])
+    parts = d.gather((shard, preds, confs))
+    out_p, out_c = [""] * len(val_labels), [0.0] * len(val_labels)
+    for idx, p, c in parts:
+        for i, pi, ci in zip(idx, p, c):
+            out_p[i], out_c[i] = pi, ci
+    return score(out_p, val_labels), out_p, out_c
+
+
+def checkpoint_dict(raw_model, conv, spec, model_args, args, epoch, best, history,
+                    opt=None, sched=None) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": raw_model.state_dict(),
+        "model_args": model_args,
+        "alphabet": conv.alphabet,
+        "label_length": conv.length,
+        "preprocess": asdict(spec),
+        "config": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+        "epoch": epoch,
+        "best": best,
+        "history": history,
+        "optimizer": opt.state_dict() if opt is not None else None,
+        "scheduler": sched.state_dict() if sched is not None else None,
+    }
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train per ``args``; returns the best validation scores. Writes checkpoints on rank 0."""
+    d = Dist()
+    device = d.setup(pick_device(args.device))
+    log = (lambda *a, **k: print(*a, **k)) if d.main else (lambda *a, **k: None)
+    torch.manual_seed(args.seed)
+    if device.type == "cpu" and not d.enabled and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+    resume = load_checkpoint(args.resume) if args.resume else None
+    init = resume or (load_checkpoint(args.init_from) if args.init_from else None)
+    if init is not None and init["model_args"]["arch"] != args.arch:
+        args.arch = init["model_args"]["arch"]
+        log(f"note: using the checkpoint's architecture {args.arch!r}")
+    data = read_labelled(args.data, args.alphabet) if args.data else None
+    conv, spec = make_task(args, data, init)
+    train_set, val_set = build_datasets(args, data, conv, spec, log)
+    val_arrays, val_labels = materialize(val_set) if val_set is not None else (None, [])
+    if args.epochs is None:
+        args.epochs = resume["config"]["epochs"] if resume else default_epochs(len(train_set), args.batch_size, d.world)
+
+    model_args = asdict(ModelConfig(arch=args.arch, n_classes=len(conv.alphabet),
+                                    n_positions=conv.length or 0, in_channels=spec.channels,
+                                    img_h=spec.height, img_w=spec.width))
+    if init is not None:
+        model_args = dict(init["model_args"])
+    raw_model = build_model(ModelConfig(**model_args))
+    if init is not None:
+        raw_model.load_state_dict(init["model"])
+    raw_model.to(device, memory_format=torch.channels_last)
+    model = torch.nn.parallel.DistributedDataParallel(raw_model) if d.enabled else raw_model
+
+    sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed)
+    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" or args.synthetic else 0)
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", drop_last=len(train_set) > args.batch_size * d.world,
+                        persistent_workers=workers > 0)
+    opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * len(loader),
+                                                pct_start=0.15)
+    amp_ctx, scaler = autocast_for(device, args.amp)
+    start, best, history = 1, {"sequence_accuracy": -1.0}, []
+    best_state = None
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        start, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
+        if Path(args.out).is_file():
+            best_state = load_checkpoint(args.out)["model"]
+        log(f"resuming at epoch {start} of {args.epochs} from {args.resume}")
+
+    log(f"{args.arch}: {len(train_set)} training / {len(val_labels)} validation images, alphabet "
+        f"{conv.alphabet!r}, length {conv.length if not conv.ctc else 'any'}, input "
+        f"{spec.width}x{spec.height}x{spec.channels}, {args.epochs} epochs, device {device}"
+        + (f", {d.world} processes" if d.enabled else ""))
+    t0 = time.time()
+    try:
+        for epoch in range(start, args.epochs + 1):
+            sampler.set_epoch(epoch)
+            for part in getattr(train_set, "datasets", [train_set]):
+                if hasattr(part, "set_epoch"):
+                    part.set_epoch(epoch)
+            total, heads, batches = train_epoch(model, loader, opt, sched, conv, args, device, epoch,
+                                                d.main, amp_ctx, scaler)
+            sums = d.sum([total, batches] + heads)
+            loss, per_head = sums[0] / sums[1], [h / sums[1] for h in sums[2:]]
+            record = {"epoch": epoch, "loss": loss, "head_loss": per_head, "time": time.time() - t0}
+            line = f"epoch {epoch}/{args.epochs} loss {loss:.4f}"
+            if per_head:
+                line += " (" + ", ".join(f"head {i} {h:.4f}" for i, h in enumerate(per_head, 1)) + ")"
+            if val_labels:
+                s, _, _ = validate(raw_model, val_arrays, val_labels, conv, device, d)
+                record.update({k: s[k] for k in ("sequence_accuracy", "character_accuracy", "position_accuracy")})
+                line += "\n  " + format_scores(s)
+                improved = s["sequence_accuracy"] > best["sequence_accuracy"] or (
+                    s["sequence_accuracy"] == best["sequence_accuracy"]
+                    and s["character_accuracy"] > best.get("character_accuracy", -1))
+            else:
+                s, improved = {"sequence_accuracy": 0.0}, True
+            history.append(record)
+            if improved:
+                best = {"epoch": epoch, **{k: v for k, v in s.items()}}
+                best_state = copy.deepcopy(raw_model.state_dict())
+                line += "  [best]"
+            log(line)
+            if d.main:
+                if improved:
+                    atomic_save(checkpoint_dict(raw_model, conv, spec, model_args, args, epoch, best, history),
+                                args.out)
+                atomic_save(checkpoint_dict(raw_model, conv, spec, model_args, args, epoch, best, history,
+                                            opt, sched), last_path(args.out))
+    except KeyboardInterrupt:
+        log(f"\ninterrupted: best checkpoint so far is {args.out}; continue with --resume")
+        d.close()
+        raise
+    log(f"trained {args.epochs - start + 1} epochs in {time.time() - t0:.1f}s; best epoch {best.get('epoch')}: "
+        f"sequence accuracy {100 * best['sequence_accuracy']:.2f}% -> {args.out}")
+    if d.main:
+        finish(raw_model, best_state, val_arrays, val_labels, conv, device, args, history)
+    d.close()
+    return best
+
+
+def finish(raw_model, best_state, val_arrays, val_labels, conv, device, args, history) -> None:
+    """Show the best model's validation mistakes, plot the curves, drop the resume file."""
+    if best_state is not None:
+        raw_model.load_state_dict(best_state)
+    if val_labels:
+        preds, confs = evaluate(raw_model, conv, val_arrays, device)
+        print("validation mistakes of the best model:")
+        print(mistakes_table([f"val #{i}" for i in range(len(val_labels))], val_labels, preds, confs,
+                             args.show_errors))
+    plot = f"{os.path.splitext(args.out)[0]}.png" if args.plot == "auto" else args.plot
+    if plot != "none" and history:
+        save_plot(history, plot)
+    Path(last_path(args.out)).unlink(missing_ok=True)
+
+
+def save_plot(history: list[dict[str, Any]], path: str) -> None:
+    """Training loss and validation accuracy (overall and per position) per epoch, as PNG."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; no plot written", file=sys.stderr)
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a1.plot(epochs, [h["loss"] for h in history], label="train loss")
+    a1.set_xlabel("epoch"), a1.set_ylabel("loss"), a1.set_yscale("log"), a1.legend()
+    if "sequence_accuracy" in history[-1]:
+        a2.plot(epochs, [h["sequence_accuracy"] for h in history], label="sequence", lw=2)
+        a2.plot(epochs, [h["character_accuracy"] for h in history], label="character")
+        for i in range(len(history[-1]["position_accuracy"])):
+            a2.plot(epochs, [h["position_accuracy"][i] for h in history], label=f"position {i + 1}",
+                    lw=0.8, alpha=0.7)
+        a2.set_xlabel("epoch"), a2.set_ylabel("validation accuracy"), a2.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, CheckpointError) else 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
