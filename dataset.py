@@ -378,13 +378,18 @@ def random_text(rng: random.Random, alphabet: str, length: int) -> str:
     return "".join(rng.choice(alphabet) for _ in range(length))
 
 
+def synthetic_captcha(text: str, seed: int, size: tuple[int, int] = (50, 22)) -> Image.Image:
+    """The project's synthetic captcha: drawn at twice ``size``, then scaled down to it."""
+    w, h = size
+    return render_captcha(text, seed, 2 * w, 2 * h).resize((w, h), Image.LANCZOS)
+
+
 class SyntheticCaptchas(torch.utils.data.Dataset):
     """``n`` freshly rendered captchas per epoch (new texts and drawings every epoch)."""
 
-    def __init__(self, n: int, alphabet: str, length: int, spec: Preprocess, seed: int = 0,
-                 size: tuple[int, int] = (100, 40)):
+    def __init__(self, n: int, alphabet: str, length: int, spec: Preprocess, seed: int = 0):
         self.n, self.alphabet, self.length, self.spec = n, alphabet, length, spec
-        self.seed, self.size, self.epoch = seed, size, 0
+        self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -395,5 +400,5 @@ class SyntheticCaptchas(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         seed = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + i
         text = random_text(random.Random(seed), self.alphabet, self.length)
-        img = render_captcha(text, seed, *self.size)
+        img = synthetic_captcha(text, seed, (self.spec.width, self.spec.height))
         return torch.from_numpy(image_to_array(img, self.spec)), text

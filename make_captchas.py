@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image
 from tqdm import tqdm
 
-from dataset import random_text, render_captcha
+from dataset import random_text, synthetic_captcha
 
 DEFAULT_SETS = (("train_images", 4000, 1), ("new_images", 100, 2))  # folder, count, seed
 
@@ -30,11 +29,10 @@ def generate(out: str | Path, count: int, seed: int, alphabet: str = "0123456789
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    w, h = size
     paths, used = [], set()
     for i in tqdm(range(count), desc=f"{out}", disable=None if show else True):
         text = random_text(rng, alphabet, length)
-        img = render_captcha(text, seed * 1_000_003 + i, 2 * w, 2 * h).resize((w, h), Image.LANCZOS)
+        img = synthetic_captcha(text, seed * 1_000_003 + i, size)
         name, k = f"{text}.png", 1
         while name in used or (out / name).exists():
             k += 1

@@ -163,7 +163,7 @@ def make_task(args: argparse.Namespace, data, init: dict[str, Any] | None) -> tu
     if data is not None:
         w, h = parse_size(args.img_size) if args.img_size else auto_size([im.size for im in data.images])
     else:
-        w, h = parse_size(args.img_size) if args.img_size else (100, 32)
+        w, h = parse_size(args.img_size) if args.img_size else (50, 22)
     channels = args.channels or (3 if args.arch == "cnn" else 1)
     return LabelConverter(alphabet, length, ctc=args.arch == "crnn"), Preprocess(w, h, channels)
 
@@ -194,6 +194,12 @@ def build_datasets(args, data, conv: LabelConverter, spec: Preprocess, log):
     if not train_parts or not len(train_parts[0]):
         raise DataError("nothing to train on")
     return (train_parts[0] if len(train_parts) == 1 else ConcatDataset(train_parts)), val
+
+
+def make_sampler(dataset, d: Dist, seed: int) -> DistributedSampler:
+    """Per-epoch shuffled shards (call ``set_epoch``); under DDP, ranks get disjoint shards."""
+    return DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed,
+                              drop_last=d.enabled)
 
 
 def materialize(ds) -> tuple[torch.Tensor, list[str]]:
@@ -348,7 +354,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     raw_model.to(device, memory_format=torch.channels_last)
     model = torch.nn.parallel.DistributedDataParallel(raw_model) if d.enabled else raw_model
 
-    sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed)
+    sampler = make_sampler(train_set, d, args.seed)
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" or args.synthetic else 0)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", drop_last=len(train_set) > args.batch_size * d.world,
