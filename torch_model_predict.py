@@ -25,6 +25,7 @@ import os
 import pickle
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -281,15 +282,27 @@ class CaptchaRecognizer:
 
 # -------------------------------------------------------------------------------- CLI
 
+def read_chunks(files: Sequence[Path], spec: Preprocess, chunk: int):
+    """Yield ``(uint8 (N, C, H, W), readable paths)`` per chunk of files, decoding the next
+    chunk in a background thread while the caller runs the model on the current one."""
+    def load(part: Sequence[Path]):
+        images, ok = load_images(part)
+        return (torch.from_numpy(np.stack([image_to_array(im, spec) for im in images])) if images else None), ok
+
+    parts = [files[i:i + chunk] for i in range(0, len(files), chunk)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, parts[0]) if parts else None
+        for i in range(len(parts)):
+            arrays, ok = pending.result()
+            pending = pool.submit(load, parts[i + 1]) if i + 1 < len(parts) else None
+            if arrays is not None:
+                yield arrays, ok
+
+
 def predict_files(rec: CaptchaRecognizer, files: Sequence[Path]) -> list[dict[str, Any]]:
     """One result dict per readable file (unreadable ones are warned about and skipped)."""
     results: list[dict[str, Any]] = []
-    chunk = max(rec.batch_size, 256)
-    for i in range(0, len(files), chunk):
-        images, ok = load_images(files[i:i + chunk])
-        if not images:
-            continue
-        arrays = torch.from_numpy(np.stack([image_to_array(im, rec.spec) for im in images]))
+    for arrays, ok in read_chunks(files, rec.spec, rec.batch_size):
         for path, (text, conf) in zip(ok, rec.predict_arrays(arrays)):
             label = rec.label_of(path)
             results.append({"path": str(path), "prediction": text, "confidence": round(conf, 6),

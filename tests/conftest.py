@@ -38,3 +38,13 @@ def cnn_ckpt(tmp_path_factory, digits_dir) -> Path:
                    "--plot", "none", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def crnn_ckpt(tmp_path_factory, digits_dir) -> Path:
+    """A briefly trained CRNN on ``digits_dir``."""
+    out = tmp_path_factory.mktemp("crnn") / "crnn.pth"
+    r = run_script("torch_model_train.py", "--data", str(digits_dir), "--arch", "crnn", "--epochs", "4",
+                   "--val-split", "0.25", "--batch-size", "16", "--plot", "none", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out

@@ -1,0 +1,198 @@
+"""Prediction speed: folder throughput, single-image latency and share of the CPU's peak.
+
+Usage:
+    python benchmark_speed.py                      # both real datasets, both archs, torch + onnx
+    python benchmark_speed.py --quick              # small smoke run on generated captchas
+
+For each dataset and architecture it builds the model at the input size default training
+picks for that dataset (weights do not change the speed, so they are freshly initialised),
+then times, over the same image files:
+  * folder prediction, whole pipeline: read + decode + preprocess + model + decode text
+    (``torch_model_predict.predict_files``), with PyTorch and with ONNX Runtime;
+  * warm single-image latency through ``CaptchaRecognizer.predict`` (median);
+  * the forward pass's achieved GFLOP/s against the measured fp32 matmul peak;
+  * ddddocr (if installed) on the same files, output restricted to the dataset's alphabet.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dataset import LabelConverter, Preprocess, auto_size, infer_alphabet, list_images, load_images, parse_label
+from model import ModelConfig, build_model
+from torch_model_predict import CaptchaRecognizer, predict_files
+from torch_model_train import atomic_save, checkpoint_dict
+
+DATASETS = {"percent4-digits": "../shared/data/percent4-digits",
+            "captcha-images-v2": "../shared/data/captcha-images-v2"}
+
+
+def matmul_peak(seconds: float = 1.0, n: int = 1024) -> float:
+    """Measured fp32 matmul GFLOP/s with all of torch's threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Multiply-adds x2 of one forward pass per image (conv, linear and GRU layers)."""
+    total = [0.0]
+
+    def conv(m, inp, out):
+        total[0] += 2 * out.numel() / out.shape[0] * m.in_channels * m.kernel_size[0] * m.kernel_size[1] / m.groups
+
+    def linear(m, inp, out):
+        total[0] += 2 * out.numel() / out.shape[0] * m.in_features
+
+    def gru(m, inp, out):
+        t = inp[0].shape[1]  # batch_first: (B, T, F)
+        for layer in range(m.num_layers):
+            f_in = m.input_size if layer == 0 else m.hidden_size * (2 if m.bidirectional else 1)
+            total[0] += (2 if m.bidirectional else 1) * t * 2 * 3 * (f_in + m.hidden_size) * m.hidden_size
+
+    hooks = []
+    for m in model.modules():
+        fn = {torch.nn.Conv2d: conv, torch.nn.Linear: linear, torch.nn.GRU: gru}.get(type(m))
+        if fn:
+            hooks.append(m.register_forward_hook(fn))
+    with torch.inference_mode():
+        model(x[:1])
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+def make_checkpoint(arch: str, alphabet: str, length: int, spec: Preprocess, path: Path) -> Path:
+    """A freshly initialised checkpoint of the given shape (speed does not depend on weights)."""
+    conv = LabelConverter(alphabet, length, ctc=arch == "crnn")
+    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=spec.channels,
+                      img_h=spec.height, img_w=spec.width)
+    model = build_model(cfg).eval()
+    from dataclasses import asdict
+    atomic_save(checkpoint_dict(model, conv, spec, asdict(cfg), argparse.Namespace(), 0, {}, []), path)
+    return path
+
+
+def time_folder(rec: CaptchaRecognizer, files: Sequence[Path], repeats: int) -> float:
+    """Best images/s of ``repeats`` whole-pipeline passes over ``files``."""
+    predict_files(rec, files[:64])  # warm up
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict_files(rec, files)
+        best = max(best, len(files) / (time.perf_counter() - t0))
+    return best
+
+
+def time_single(rec: CaptchaRecognizer, file: Path, n: int = 50) -> float:
+    """Median warm latency of ``rec.predict(path)`` in milliseconds."""
+    for _ in range(5):
+        rec.predict(file)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        rec.predict(file)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def time_ddddocr(files: Sequence[Path], alphabet: str) -> float | None:
+    """ddddocr images/s on the same files (bytes in, text out), or None if not installed."""
+    try:
+        import ddddocr
+    except ImportError:
+        return None
+    ocr = ddddocr.DdddOcr(show_ad=False)
+    ocr.set_ranges(alphabet)
+    ocr.classification(files[0].read_bytes())
+    t0 = time.perf_counter()
+    for f in files:
+        ocr.classification(f.read_bytes())
+    return len(files) / (time.perf_counter() - t0)
+
+
+def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, peak: float,
+                  workdir: Path) -> list[dict[str, Any]]:
+    files = list_images([folder])
+    images, _ = load_images(files)
+    labels = [parse_label(f) for f in files]
+    alphabet, length = infer_alphabet(labels), max(len(s) for s in labels)
+    w, h = auto_size([im.size for im in images])
+    dddd = time_ddddocr(files, alphabet)
+    rows = []
+    for arch in archs:
+        spec = Preprocess(w, h, 3 if arch == "cnn" else 1)
+        ckpt = make_checkpoint(arch, alphabet, length, spec, workdir / f"{name}-{arch}.pth")
+        rec = CaptchaRecognizer(ckpt)
+        flops = forward_flops(rec.model, torch.zeros(1, spec.channels, h, w))
+        backends = [("torch", rec)]
+        try:
+            from torch_model_export import export_onnx
+            backends.append(("onnx", CaptchaRecognizer(export_onnx(ckpt, workdir / f"{name}-{arch}.onnx"))))
+        except ImportError:
+            print("note: onnx/onnxruntime not installed; ONNX rows skipped", file=sys.stderr)
+        for backend, r in backends:
+            ips = time_folder(r, files, repeats)
+            rows.append({"dataset": name, "arch": arch, "backend": backend, "input": f"{w}x{h}x{spec.channels}",
+                         "images": len(files), "img_s": ips, "ms_img": 1000 / ips,
+                         "latency_ms": time_single(r, files[0]), "mflops": flops / 1e6,
+                         "peak_pct": 100 * flops * ips / 1e9 / peak, "dddd": dddd})
+            print(f"  {name} {arch} {backend}: {ips:.0f} img/s", file=sys.stderr)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], peak: float) -> None:
+    head = ("| dataset | arch | backend | input | images | img/s (whole pipeline) | ms/img | single-image "
+            "latency ms | MFLOP/img | % of fp32 peak | ddddocr img/s | x ddddocr |")
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for r in rows:
+        dd = f"{r['dddd']:.0f}" if r["dddd"] else "n/a"
+        ratio = f"{r['img_s'] / r['dddd']:.1f}x" if r["dddd"] else "n/a"
+        print(f"| {r['dataset']} | {r['arch']} | {r['backend']} | {r['input']} | {r['images']} | {r['img_s']:.0f} | "
+              f"{r['ms_img']:.2f} | {r['latency_ms']:.2f} | {r['mflops']:.0f} | {r['peak_pct']:.0f}% | {dd} | {ratio} |")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nfp32 matmul peak measured: {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads; "
+          f"peak memory (RSS) of this process: {rss:.0f} MB")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small smoke run on generated captchas")
+    p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures to time")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per row (best is kept)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if args.quick:
+            from make_captchas import generate
+            generate(workdir / "quick", 64, seed=3, show=False)
+            datasets, args.repeats = {"generated": str(workdir / "quick")}, 1
+        else:
+            datasets = {k: v for k, v in DATASETS.items() if Path(v).is_dir()}
+            if not datasets:
+                print("error: no dataset found under ../shared/data", file=sys.stderr)
+                return 1
+        peak = matmul_peak()
+        rows = []
+        for name, folder in datasets.items():
+            rows += bench_dataset(name, folder, args.archs, args.repeats, peak, workdir)
+        print_table(rows, peak)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

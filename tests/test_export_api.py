@@ -1,0 +1,68 @@
+"""ONNX export (same text as PyTorch) and the CaptchaRecognizer API."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_script
+from torch_model_predict import CaptchaRecognizer, CheckpointError
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install onnxruntime")
+pytest.importorskip("onnx", reason="onnx is not installed: pip install onnx")
+
+
+@pytest.mark.parametrize("which", ["cnn_ckpt", "crnn_ckpt"])
+def test_export_reads_like_pytorch(which, request, digits_dir, tmp_path):
+    ckpt = request.getfixturevalue(which)
+    out = tmp_path / "model.onnx"
+    r = run_script("torch_model_export.py", str(ckpt), "--out", str(out), "--verify", str(digits_dir))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "64/64 identical texts" in r.stdout
+    meta = json.loads(ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map["captcha"])
+    assert meta["alphabet"] == "0123456789" and meta["preprocess"]["width"] == 50
+    files = sorted(digits_dir.iterdir())
+    a, b = CaptchaRecognizer(ckpt), CaptchaRecognizer(out)
+    ra, rb = a.predict_batch(files), b.predict_batch(files)
+    assert [t for t, _ in ra] == [t for t, _ in rb]
+    assert [c for _, c in ra] == pytest.approx([c for _, c in rb], abs=1e-4)
+    assert b.arch == a.arch
+    # dynamic batch: one image at a time works too
+    assert b.predict(files[0])[0] == ra[0][0]
+
+
+def test_predict_cli_reads_onnx(cnn_ckpt, digits_dir, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert run_script("torch_model_export.py", str(cnn_ckpt), "--out", str(out), "--verify").returncode == 0
+    r1 = run_script("torch_model_predict.py", str(digits_dir), "--checkpoint", str(out), "--json", "-")
+    r2 = run_script("torch_model_predict.py", str(digits_dir), "--checkpoint", str(cnn_ckpt), "--json", "-")
+    assert r1.returncode == 0, r1.stderr
+    p1 = [f["prediction"] for f in json.loads(r1.stdout)["files"]]
+    assert p1 == [f["prediction"] for f in json.loads(r2.stdout)["files"]]
+
+
+def test_not_an_onnx_export_is_a_checkpoint_error(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"nope")
+    with pytest.raises(CheckpointError):
+        CaptchaRecognizer(bad)
+
+
+def test_recognizer_accepts_path_bytes_pil_and_array(cnn_ckpt, digits_dir):
+    rec = CaptchaRecognizer(cnn_ckpt)
+    f = sorted(digits_dir.iterdir())[0]
+    img = Image.open(f)
+    img.load()
+    by_path = rec.predict(f)
+    assert rec.predict(str(f)) == by_path
+    assert rec.predict(f.read_bytes()) == by_path
+    assert rec.predict(img) == by_path
+    assert rec.predict(np.asarray(img)) == by_path
+    buf = io.BytesIO()
+    img.convert("RGBA").save(buf, "PNG")  # a different mode of the same pixels reads the same
+    assert rec.predict(buf.getvalue())[0] == by_path[0]
+    assert rec.predict_batch([]) == []
+    assert len(by_path[0]) == 4 and 0 < by_path[1] <= 1
