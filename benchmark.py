@@ -1,0 +1,135 @@
+"""Accuracy benchmark: default training recipe on the real datasets, scored on untouched images.
+
+Usage:
+    python benchmark.py                                   # everything (long: about 2 hours on 2 cores)
+    python benchmark.py --datasets percent4-digits --archs cnn --seeds 0 1 2
+    python benchmark.py --sizes 100 200 400 all           # the few-labels curve
+    python benchmark.py --quick                           # smoke run on generated captchas
+
+For each seed the dataset is split once: 20% is held out as the test split that training
+never touches; the training images (all, or the first N of a seeded shuffle) go to
+``torch_model_train.py`` with default flags, which holds out its own 10% for picking the
+best epoch. The table gives whole-captcha accuracy mean and worst over seeds, per-position
+and character accuracy (means), training wall time and model size. If ddddocr is installed,
+its zero-shot reading of the same test splits is added, restricted to the dataset's alphabet.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from dataset import infer_alphabet, list_images, parse_label, split_indices
+from torch_model_predict import CaptchaRecognizer, predict_files, score
+from torch_model_train import parse_args as train_args, train
+
+DATASETS = {"percent4-digits": "../shared/data/percent4-digits",
+            "captcha-images-v2": "../shared/data/captcha-images-v2"}
+
+
+def split_files(files: Sequence[Path], seed: int, n_train: int | None) -> tuple[list[Path], list[Path]]:
+    """(training files, untouched test files) for one seed; the test split does not depend on n_train."""
+    pool, test = split_indices(len(files), [0.2], seed)
+    random.Random(seed + 1000).shuffle(pool)
+    chosen = pool if n_train is None else pool[:n_train]
+    return [files[i] for i in sorted(chosen)], [files[i] for i in test]
+
+
+def run_one(files: Sequence[Path], test: Sequence[Path], arch: str, seed: int, workdir: Path,
+            extra: Sequence[str]) -> dict[str, Any]:
+    """Train with default flags on ``files``; score the checkpoint on ``test``."""
+    out = workdir / f"{arch}-{seed}-{len(files)}.pth"
+    args = train_args(["--data", *map(str, files), "--arch", arch, "--seed", str(seed), "--out", str(out),
+                       "--plot", "none", *extra])
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(args)
+    seconds = time.perf_counter() - t0
+    results = predict_files(CaptchaRecognizer(out), test)
+    s = score([r["prediction"] for r in results], [parse_label(r["path"]) for r in results])
+    return {**s, "seconds": seconds, "size_mb": out.stat().st_size / 1e6}
+
+
+def ddddocr_scores(test: Sequence[Path], alphabet: str) -> dict[str, Any] | None:
+    try:
+        import ddddocr
+    except ImportError:
+        return None
+    ocr = ddddocr.DdddOcr(show_ad=False)
+    ocr.set_ranges(alphabet)
+    preds = [ocr.classification(f.read_bytes()) for f in test]
+    return score(preds, [parse_label(f) for f in test])
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    seq = [r["sequence_accuracy"] for r in runs]
+    pos = [statistics.mean(r["position_accuracy"][i] for r in runs) for i in range(len(runs[0]["position_accuracy"]))]
+    return {"mean": statistics.mean(seq), "worst": min(seq), "pos": pos,
+            "char": statistics.mean(r["character_accuracy"] for r in runs),
+            "seconds": statistics.mean(r.get("seconds", 0) for r in runs),
+            "size_mb": runs[0].get("size_mb"), "test": runs[0]["n"]}
+
+
+def print_table(rows: list[tuple[str, str, str, list[int], dict[str, Any]]]) -> None:
+    print("| dataset | arch | train images | seeds | test images | whole-captcha acc. mean / worst | "
+          "per-position acc. | char. acc. | train time | model size |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for ds, arch, n, seeds, s in rows:
+        pos = " / ".join(f"{p:.3f}" for p in s["pos"])
+        t = f"{s['seconds']:.0f} s" if s["seconds"] else "none"
+        size = f"{s['size_mb']:.1f} MB" if s["size_mb"] else "pretrained"
+        print(f"| {ds} | {arch} | {n} | {','.join(map(str, seeds))} | {s['test']} | "
+              f"{100 * s['mean']:.2f}% / {100 * s['worst']:.2f}% | {pos} | {100 * s['char']:.2f}% | {t} | {size} |")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Accuracy of the default recipe on real captchas.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="dataset names under ../shared/data")
+    p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures")
+    p.add_argument("--sizes", nargs="+", default=["all"], help="training set sizes ('all' or a number)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (split, init, augmentation)")
+    p.add_argument("--quick", action="store_true", help="smoke run: generated captchas, 1 seed, 2 epochs")
+    args = p.parse_args(argv)
+    extra: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        folders = {name: DATASETS.get(name, name) for name in args.datasets}
+        if args.quick:
+            from make_captchas import generate
+            generate(workdir / "generated", 60, seed=4, show=False)
+            folders, args.seeds, extra = {"generated": str(workdir / "generated")}, args.seeds[:1], ["--epochs", "2"]
+        rows = []
+        for name, folder in folders.items():
+            files = list_images([folder])
+            if not files:
+                print(f"error: no images in {folder}", file=sys.stderr)
+                return 1
+            alphabet = infer_alphabet(parse_label(f) or "" for f in files)
+            for size in args.sizes:
+                n = None if size == "all" else int(size)
+                for arch in args.archs:
+                    runs = []
+                    for seed in args.seeds:
+                        train_files, test = split_files(files, seed, n)
+                        runs.append(run_one(train_files, test, arch, seed, workdir, extra))
+                        print(f"  {name} {arch} n={len(train_files)} seed {seed}: "
+                              f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s",
+                              file=sys.stderr)
+                    rows.append((name, arch, str(len(train_files)), args.seeds, summarize(runs)))
+            dd = [ddddocr_scores(split_files(files, seed, None)[1], alphabet) for seed in args.seeds]
+            if all(dd):
+                rows.append((name, "ddddocr (zero-shot)", "0", args.seeds, summarize(dd)))
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

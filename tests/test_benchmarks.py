@@ -1,0 +1,36 @@
+"""Both benchmark scripts run in --quick mode and print a filled-in table."""
+from __future__ import annotations
+
+import re
+
+from conftest import run_script
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in stdout.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in r] for r in rows[1:]]  # without the header
+
+
+def test_accuracy_benchmark_quick():
+    r = run_script("benchmark.py", "--quick", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = table_rows(r.stdout)
+    archs = [row[1] for row in rows]
+    assert "cnn" in archs and "crnn" in archs
+    for row in rows:
+        if row[1] in ("cnn", "crnn"):
+            assert row[2] == "48" and row[4] == "12"  # 80% of 60 images trained on, 20% untouched
+            assert re.fullmatch(r"\d+\.\d\d% / \d+\.\d\d%", row[5])
+            assert len(row[6].split(" / ")) == 4 and row[8].endswith(" s") and row[9].endswith(" MB")
+
+
+def test_speed_benchmark_quick():
+    r = run_script("benchmark_speed.py", "--quick", "--archs", "cnn", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = table_rows(r.stdout)
+    backends = {row[2] for row in rows}
+    assert "torch" in backends
+    for row in rows:
+        assert row[3] == "50x22x3" and float(row[5]) > 0 and float(row[7]) > 0
+        assert float(row[8]) > 90  # about 100 MFLOP per 50x22 image for the classic CNN
+    assert "fp32 matmul peak measured" in r.stdout
