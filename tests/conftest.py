@@ -17,6 +17,7 @@ from make_captchas import generate  # noqa: E402
 def run_script(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run one of the project's scripts in a fresh Python process."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    args = tuple(str(ROOT / a) if a.endswith(".py") else a for a in args)  # scripts run from any cwd
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
