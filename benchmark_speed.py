@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,7 +81,6 @@ def make_checkpoint(arch: str, alphabet: str, length: int, spec: Preprocess, pat
     cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=spec.channels,
                       img_h=spec.height, img_w=spec.width)
     model = build_model(cfg).eval()
-    from dataclasses import asdict
     atomic_save(checkpoint_dict(model, conv, spec, asdict(cfg), argparse.Namespace(), 0, {}, []), path)
     return path
 

@@ -324,9 +324,10 @@ def build_report(results: list[dict[str, Any]]) -> dict[str, Any]:
 def print_results(results: list[dict[str, Any]], out=sys.stdout) -> None:
     """One line per image, then the accuracy report when names are labels."""
     w = max(len(r["path"]) for r in results)
+    print(f"{'file':<{w}}  {'prediction':<10} confidence", file=out)
     for r in results:
         mark = "" if r["correct"] is None else ("  ok" if r["correct"] else f"  WRONG (label {r['label']})")
-        print(f"{r['path']:<{w}}  {r['prediction']:<8} {r['confidence']:.4f}{mark}", file=out)
+        print(f"{r['path']:<{w}}  {r['prediction']:<10} {r['confidence']:>10.4f}{mark}", file=out)
     labelled = [r for r in results if r["label"] is not None]
     if not labelled:
         return
