@@ -128,7 +128,7 @@ class Preprocess:
     channels: int = 3  # 3: RGB, 1: grayscale
 
 
-def auto_size(sizes: Sequence[tuple[int, int]], max_height: int = 32) -> tuple[int, int]:
+def auto_size(sizes: Sequence[tuple[int, int]], max_height: int = 24) -> tuple[int, int]:
     """Model input (width, height) for a folder: its most common image size, scaled down
     (aspect kept) to at most ``max_height`` pixels high."""
     w, h = max(set(sizes), key=list(sizes).count)

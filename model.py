@@ -80,31 +80,48 @@ class CNNModel(nn.Module):
 
 
 class CRNN(nn.Module):
-    """Conv feature extractor -> per-column features -> 2-layer BiGRU -> alphabet + blank."""
+    """Conv features -> per-column projection -> residual BiGRU -> alphabet + blank.
+
+    Two initialisations let CTC training leave its blank-only plateau within a few epochs
+    on a few hundred images (without them it can stay there for the whole run):
+    the classifier starts out favouring the blank (bias ``blank_bias``), and the BiGRU is
+    added to the conv features through a zero-initialised layer, so it starts as a no-op
+    and the per-column conv features learn to localise characters first.
+    """
+
+    blank_bias = 3.0
+    channels = (32, 64, 96, 96, 128, 128)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         bn = cfg.batch_norm
+        c1, c2, c3, c4, c5, c6 = self.channels
         self.features = nn.Sequential(
-            *conv_block(cfg.in_channels, 32, bn), nn.MaxPool2d(2),  # H/2, W/2
-            *conv_block(32, 64, bn), nn.MaxPool2d(2),  # H/4, W/4
-            *conv_block(64, 128, bn), *conv_block(128, 128, bn), nn.MaxPool2d((2, 1)),  # H/8
-            *conv_block(128, 192, bn), *conv_block(192, 192, bn), nn.MaxPool2d((2, 1)),  # H/16
+            *conv_block(cfg.in_channels, c1, bn), nn.MaxPool2d(2),  # H/2, W/2
+            *conv_block(c1, c2, bn), nn.MaxPool2d(2),  # H/4, W/4
+            *conv_block(c2, c3, bn), *conv_block(c3, c4, bn), nn.MaxPool2d((2, 1)),  # H/8
+            *conv_block(c4, c5, bn), *conv_block(c5, c6, bn), nn.MaxPool2d((2, 1)),  # H/16
         )
         h = cfg.img_h // 16
         if h < 1 or cfg.img_w // 4 < 2:
             raise ValueError(f"image {cfg.img_w}x{cfg.img_h} is too small for the CRNN (min 8x16)")
-        self.proj = nn.Linear(192 * h, 2 * cfg.rnn_hidden)
-        self.rnn = nn.GRU(2 * cfg.rnn_hidden, cfg.rnn_hidden, num_layers=2,
-                          bidirectional=True, batch_first=True, dropout=0.1)
-        self.classifier = nn.Linear(2 * cfg.rnn_hidden, cfg.n_classes + 1)
+        width = 2 * cfg.rnn_hidden
+        self.proj = nn.Linear(c6 * h, width)
+        self.rnn = nn.GRU(width, cfg.rnn_hidden, bidirectional=True, batch_first=True)
+        self.rnn_out = nn.Linear(width, width)
+        nn.init.zeros_(self.rnn_out.weight)
+        nn.init.zeros_(self.rnn_out.bias)
+        self.classifier = nn.Linear(width, cfg.n_classes + 1)
+        with torch.no_grad():
+            self.classifier.bias[0] = self.blank_bias  # index 0 is the CTC blank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)  # (B, C, H', T)
         f = f.permute(0, 3, 1, 2).flatten(2)  # (B, T, C * H')
         f = torch.relu(self.proj(f))  # (B, T, 2 * hidden)
-        f, _ = self.rnn(f)  # (B, T, 2 * hidden)
+        r, _ = self.rnn(f)  # (B, T, 2 * hidden)
+        f = f + self.rnn_out(r)  # (B, T, 2 * hidden)
         return self.classifier(f)  # (B, T, K + 1)
 
 

@@ -101,6 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="CNN cross-entropy label smoothing")
+    p.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clipping (0: off)")
     p.add_argument("--val-split", type=float, default=0.1, help="fraction held out for validation")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
@@ -279,10 +280,15 @@ def train_epoch(model, loader, opt, sched, conv: LabelConverter, args, device, e
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if args.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        if scaler is not None:
             scaler.step(opt)
             scaler.update()
         else:
-            loss.backward()
             opt.step()
         sched.step()
         total += loss.item()
@@ -396,9 +402,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 s, _, _ = validate(raw_model, val_arrays, val_labels, conv, device, d)
                 record.update({k: s[k] for k in ("sequence_accuracy", "character_accuracy", "position_accuracy")})
                 line += "\n  " + format_scores(s)
+                # ties go to the later epoch: small validation sets tie often, and later
+                # weights have had more steps at a lower learning rate
                 improved = s["sequence_accuracy"] > best["sequence_accuracy"] or (
                     s["sequence_accuracy"] == best["sequence_accuracy"]
-                    and s["character_accuracy"] > best.get("character_accuracy", -1))
+                    and s["character_accuracy"] >= best.get("character_accuracy", -1))
             else:
                 s, improved = {"sequence_accuracy": 0.0}, True
             history.append(record)

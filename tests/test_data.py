@@ -85,9 +85,9 @@ def test_preprocess_accepts_paths_bytes_pil_and_arrays(tmp_path):
     assert a.min() >= -1 and a.max() <= 1
 
 
-def test_auto_size_scales_tall_images_to_32():
+def test_auto_size_scales_tall_images_to_24():
     assert auto_size([(50, 22)] * 3 + [(60, 30)]) == (50, 22)
-    assert auto_size([(200, 50)]) == (128, 32)
+    assert auto_size([(200, 50)]) == (96, 24)
 
 
 def write_bad_files(folder):

@@ -35,3 +35,18 @@ def test_too_small_input_and_unknown_arch_are_errors():
         build_model(ModelConfig(img_h=8, img_w=8))
     with pytest.raises(ValueError):
         build_model(ModelConfig(arch="transformer"))
+
+
+def test_crnn_starts_on_blank_with_the_gru_as_a_no_op():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(arch="crnn", n_classes=10, in_channels=1, img_h=24, img_w=64)).eval()
+    x = torch.randn(2, 1, 24, 64)
+    fresh = m(x)  # (B, T, K + 1)
+    assert (fresh.argmax(-1) == 0).all()  # every column starts on the blank
+    with torch.no_grad():
+        for p in m.rnn.parameters():
+            p.normal_()
+    assert torch.equal(m(x), fresh)  # the zero-initialised output layer: the GRU adds nothing yet
+    with torch.no_grad():
+        m.rnn_out.weight.normal_()
+    assert not torch.allclose(m(x), fresh)  # once trained, it contributes
