@@ -96,7 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="folders/files of labelled images (default: train_images, unless --synthetic alone)")
     p.add_argument("--arch", choices=["cnn", "crnn"], default="cnn", help="model family")
     p.add_argument("--epochs", type=int, default=None,
-                   help="passes over the data (default: enough for ~800 optimizer steps, 16..60 epochs)")
+                   help="passes over the data (default: enough for ~800 optimizer steps, 16..400 epochs)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (per process under torchrun)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
@@ -245,9 +245,13 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def default_epochs(n_train: int, batch: int, world: int, target_steps: int = 800) -> int:
-    """Enough epochs for about ``target_steps`` optimizer steps, clamped to 16..60."""
+    """Enough epochs for about ``target_steps`` optimizer steps, clamped to 16..400.
+
+    A small training set gets as many steps as a large one: what a user does not have to
+    label is paid for with more epochs, not lower accuracy.
+    """
     steps = max(1, math.ceil(n_train / (batch * world)))
-    return max(16, min(60, math.ceil(target_steps / steps)))
+    return max(16, min(400, math.ceil(target_steps / steps)))
 
 
 def autocast_for(device: torch.device, amp: str):
