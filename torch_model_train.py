@@ -247,8 +247,7 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> None:
 def default_epochs(n_train: int, batch: int, world: int, target_steps: int = 800) -> int:
     """Enough epochs for about ``target_steps`` optimizer steps, clamped to 16..400.
 
-    A small training set gets as many steps as a large one: what a user does not have to
-    label is paid for with more epochs, not lower accuracy.
+    Small training sets get more epochs, so they get about as many steps as large ones.
     """
     steps = max(1, math.ceil(n_train / (batch * world)))
     return max(16, min(400, math.ceil(target_steps / steps)))
