@@ -10,8 +10,10 @@ For each seed the dataset is split once: 20% is held out as the test split that 
 never touches; the training images (all, or the first N of a seeded shuffle) go to
 ``torch_model_train.py`` with default flags, which holds out its own 10% for picking the
 best epoch. The table gives whole-captcha accuracy mean and worst over seeds, per-position
-and character accuracy (means), training wall time and model size. If ddddocr is installed,
-its zero-shot reading of the same test splits is added, restricted to the dataset's alphabet.
+and character accuracy (means), the mean accuracy of the int8 ONNX export (calibrated on the
+training images; needs onnx and onnxruntime), training wall time and model size. If ddddocr
+is installed, its zero-shot reading of the same test splits is added, restricted to the
+dataset's alphabet.
 """
 from __future__ import annotations
 
@@ -52,9 +54,26 @@ def run_one(files: Sequence[Path], test: Sequence[Path], arch: str, seed: int, w
     with contextlib.redirect_stdout(io.StringIO()):
         train(args)
     seconds = time.perf_counter() - t0
-    results = predict_files(CaptchaRecognizer(out), test)
-    s = score([r["prediction"] for r in results], [parse_label(r["path"]) for r in results])
-    return {**s, "seconds": seconds, "size_mb": out.stat().st_size / 1e6}
+    rec = CaptchaRecognizer(out)
+    s = test_score(rec, test)
+    return {**s, "seconds": seconds, "size_mb": out.stat().st_size / 1e6, "int8": int8_score(out, rec, files, test)}
+
+
+def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
+    results = predict_files(rec, test)
+    return score([r["prediction"] for r in results], [parse_label(r["path"]) for r in results])
+
+
+def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], test: Sequence[Path]) -> float | None:
+    """Whole-captcha test accuracy of the int8 ONNX export calibrated on the training images
+    (``torch_model_export.py --int8``), or None without onnx/onnxruntime."""
+    try:
+        from torch_model_export import calibration_arrays, export_onnx, quantize_int8
+        fp32 = export_onnx(ckpt, ckpt.with_suffix(".onnx"))
+        int8 = quantize_int8(fp32, ckpt.with_suffix(".int8.onnx"), calibration_arrays(train_files, rec.spec))
+    except ImportError:
+        return None
+    return test_score(CaptchaRecognizer(int8), test)["sequence_accuracy"]
 
 
 def ddddocr_scores(test: Sequence[Path], alphabet: str) -> dict[str, Any] | None:
@@ -74,19 +93,22 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"mean": statistics.mean(seq), "worst": min(seq), "pos": pos,
             "char": statistics.mean(r["character_accuracy"] for r in runs),
             "seconds": statistics.mean(r.get("seconds", 0) for r in runs),
-            "size_mb": runs[0].get("size_mb"), "test": runs[0]["n"]}
+            "size_mb": runs[0].get("size_mb"), "test": runs[0]["n"],
+            "int8": statistics.mean(r["int8"] for r in runs) if all(r.get("int8") is not None for r in runs)
+            else None}
 
 
 def print_table(rows: list[tuple[str, str, str, list[int], dict[str, Any]]]) -> None:
     print("| dataset | arch | train images | seeds | test images | whole-captcha acc. mean / worst | "
-          "per-position acc. | char. acc. | train time | model size |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "per-position acc. | char. acc. | int8 ONNX acc. mean | train time | model size |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for ds, arch, n, seeds, s in rows:
         pos = " / ".join(f"{p:.3f}" for p in s["pos"])
         t = f"{s['seconds']:.0f} s" if s["seconds"] else "none"
         size = f"{s['size_mb']:.1f} MB" if s["size_mb"] else "pretrained"
+        int8 = f"{100 * s['int8']:.2f}%" if s["int8"] is not None else "n/a"
         print(f"| {ds} | {arch} | {n} | {','.join(map(str, seeds))} | {s['test']} | "
-              f"{100 * s['mean']:.2f}% / {100 * s['worst']:.2f}% | {pos} | {100 * s['char']:.2f}% | {t} | {size} |")
+              f"{100 * s['mean']:.2f}% / {100 * s['worst']:.2f}% | {pos} | {100 * s['char']:.2f}% | {int8} | {t} | {size} |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

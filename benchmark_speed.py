@@ -8,7 +8,8 @@ For each dataset and architecture it builds the model at the input size default 
 picks for that dataset (weights do not change the speed, so they are freshly initialised),
 then times, over the same image files:
   * folder prediction, whole pipeline: read + decode + preprocess + model + decode text
-    (``torch_model_predict.predict_files``), with PyTorch and with ONNX Runtime;
+    (``torch_model_predict.predict_files``), with PyTorch, ONNX Runtime, and ONNX Runtime
+    on the int8 export (``torch_model_export.py --int8``, calibrated on the same folder);
   * warm single-image latency through ``CaptchaRecognizer.predict`` (median);
   * the forward pass's achieved GFLOP/s against the measured fp32 matmul peak;
   * ddddocr (if installed) on the same files, output restricted to the dataset's alphabet.
@@ -139,8 +140,10 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
         flops = forward_flops(rec.model, torch.zeros(1, spec.channels, h, w))
         backends = [("torch", rec)]
         try:
-            from torch_model_export import export_onnx
-            backends.append(("onnx", CaptchaRecognizer(export_onnx(ckpt, workdir / f"{name}-{arch}.onnx"))))
+            from torch_model_export import calibration_arrays, export_onnx, quantize_int8
+            onnx = export_onnx(ckpt, workdir / f"{name}-{arch}.onnx")
+            int8 = quantize_int8(onnx, workdir / f"{name}-{arch}.int8.onnx", calibration_arrays([folder], spec))
+            backends += [("onnx", CaptchaRecognizer(onnx)), ("onnx int8", CaptchaRecognizer(int8))]
         except ImportError:
             print("note: onnx/onnxruntime not installed; ONNX rows skipped", file=sys.stderr)
         for backend, r in backends:

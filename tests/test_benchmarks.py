@@ -1,6 +1,7 @@
 """Both benchmark scripts run in --quick mode and print a filled-in table."""
 from __future__ import annotations
 
+import importlib.util
 import re
 
 from conftest import run_script
@@ -9,6 +10,10 @@ from conftest import run_script
 def table_rows(stdout: str) -> list[list[str]]:
     rows = [line.strip("|").split("|") for line in stdout.splitlines() if line.startswith("| ")]
     return [[c.strip() for c in r] for r in rows[1:]]  # without the header
+
+
+def has_onnx() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
 def test_accuracy_benchmark_quick():
@@ -21,7 +26,8 @@ def test_accuracy_benchmark_quick():
         if row[1] in ("cnn", "crnn"):
             assert row[2] == "48" and row[4] == "12"  # 80% of 60 images trained on, 20% untouched
             assert re.fullmatch(r"\d+\.\d\d% / \d+\.\d\d%", row[5])
-            assert len(row[6].split(" / ")) == 4 and row[8].endswith(" s") and row[9].endswith(" MB")
+            assert len(row[6].split(" / ")) == 4 and row[9].endswith(" s") and row[10].endswith(" MB")
+            assert re.fullmatch(r"\d+\.\d\d%", row[8]) or (row[8] == "n/a" and not has_onnx())
 
 
 def test_speed_benchmark_quick():
@@ -29,7 +35,7 @@ def test_speed_benchmark_quick():
     assert r.returncode == 0, r.stderr[-2000:]
     rows = table_rows(r.stdout)
     backends = {row[2] for row in rows}
-    assert "torch" in backends
+    assert backends == ({"torch", "onnx", "onnx int8"} if has_onnx() else {"torch"})
     for row in rows:
         assert row[3] == "50x22x3" and float(row[5]) > 0 and float(row[7]) > 0
         assert float(row[8]) > 90  # about 100 MFLOP per 50x22 image for the classic CNN

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -32,6 +33,37 @@ def test_export_reads_like_pytorch(which, request, digits_dir, tmp_path):
     assert b.arch == a.arch
     # dynamic batch: one image at a time works too
     assert b.predict(files[0])[0] == ra[0][0]
+
+
+def test_int8_export_is_quantized_smaller_and_reads_like_pytorch(cnn_ckpt, digits_dir, tmp_path):
+    import onnx
+
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    assert run_script("torch_model_export.py", str(cnn_ckpt), "--out", str(fp32), "--verify").returncode == 0
+    # calibrates on the checkpoint's training folder (digits_dir), verifies on it too
+    r = run_script("torch_model_export.py", str(cnn_ckpt), "--int8", "--out", str(int8), "--verify", str(digits_dir))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"verify: 64/64 identical texts", r.stdout), r.stdout
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert ops.count("QuantizeLinear") >= 8 and "DequantizeLinear" in ops
+    assert int8.stat().st_size < fp32.stat().st_size / 3  # int8 weights: about a quarter
+    rec = CaptchaRecognizer(int8)
+    assert rec.arch == "cnn" and rec.converter.alphabet == "0123456789"
+    texts = [t for t, _ in rec.predict_batch(sorted(digits_dir.iterdir()))]
+    assert texts == [t for t, _ in CaptchaRecognizer(cnn_ckpt).predict_batch(sorted(digits_dir.iterdir()))]
+
+
+def test_int8_export_without_images_to_calibrate_is_one_line(cnn_ckpt, tmp_path):
+    import torch
+
+    ckpt = torch.load(cnn_ckpt, weights_only=True)
+    ckpt["config"]["data"] = [str(tmp_path / "gone")]
+    moved = tmp_path / "moved.pth"
+    torch.save(ckpt, moved)
+    r = run_script("torch_model_export.py", str(moved), "--int8", "--verify")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: --int8 needs images to calibrate on: give --calibrate INPUT"]
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
 
 
 def test_predict_cli_reads_onnx(cnn_ckpt, digits_dir, tmp_path):
