@@ -60,8 +60,10 @@ def test_interrupted_run_resumes_where_it_stopped(digits_dir, tmp_path):
 
     out = tmp_path / "run.pth"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # a shell without job control starts background jobs with SIGINT ignored; restore it
     proc = subprocess.Popen([sys.executable, *common, "--out", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "run_last.pth"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
