@@ -9,7 +9,7 @@ The ONNX model takes normalized images ``images: (batch, C, H, W)`` (dynamic bat
 returns ``logits``; the alphabet, label length, architecture and preprocessing are stored
 as JSON in the metadata entry ``captcha``, so ``CaptchaRecognizer("model.onnx")`` needs
 nothing else. ``--int8`` quantizes the export statically (int8 weights and activations,
-calibrated on real images), about twice as fast on a CPU; since it is no longer exact, it
+calibrated on real images), faster on a CPU; since it is no longer exact, it
 must read at least 99% of the verify images like PyTorch. Needs the ``onnx`` package to
 export and ``onnxruntime`` to verify or quantize.
 """
@@ -64,8 +64,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, arrays: 
                   batch_size: int = 32) -> Path:
     """Write a static int8 version of an exported model (atomically), calibrated on uint8
     images ``(N, C, H, W)``: per-channel int8 weights, uint8 activations at 7-bit range
-    (exact on CPUs without VNNI), QDQ format. Layers ONNX Runtime cannot quantize (the
-    GRU) stay fp32. Needs ``onnxruntime``."""
+    (no overflow in the int8 kernels of CPUs without VNNI), QDQ format. Layers ONNX
+    Runtime cannot quantize (the GRU) stay fp32. Needs ``onnxruntime``."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -129,7 +129,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify", nargs="*", default=["new_images"], metavar="INPUT",
                    help="folders/files to compare PyTorch and ONNX predictions on (none: skip)")
     p.add_argument("--int8", action="store_true",
-                   help="write a statically quantized int8 model (about 2x faster on CPU); it must "
+                   help="write a statically quantized int8 model (smaller, faster on CPU); it must "
                         f"read at least {100 * INT8_MIN_AGREEMENT:g}%% of the --verify images like PyTorch")
     p.add_argument("--calibrate", nargs="+", metavar="INPUT",
                    help="images to calibrate int8 activation ranges on (default: the checkpoint's "
