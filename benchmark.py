@@ -68,9 +68,8 @@ def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], 
     """Whole-captcha test accuracy of the int8 ONNX export calibrated on the training images
     (``torch_model_export.py --int8``), or None without onnx/onnxruntime."""
     try:
-        from torch_model_export import calibration_arrays, export_onnx, quantize_int8
-        fp32 = export_onnx(ckpt, ckpt.with_suffix(".onnx"))
-        int8 = quantize_int8(fp32, ckpt.with_suffix(".int8.onnx"), calibration_arrays(train_files, rec.spec))
+        from torch_model_export import calibration_arrays, export_int8
+        int8 = export_int8(ckpt, ckpt.with_suffix(".int8.onnx"), calibration_arrays(train_files, rec.spec))
     except ImportError:
         return None
     return test_score(CaptchaRecognizer(int8), test)["sequence_accuracy"]

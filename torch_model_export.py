@@ -149,10 +149,17 @@ def export(args: argparse.Namespace) -> Path:
     inputs = args.calibrate or trained_on or args.verify
     if not inputs:
         raise DataError("--int8 needs images to calibrate on: give --calibrate INPUT")
-    arrays = calibration_arrays(inputs, Preprocess(**ckpt["preprocess"]))
+    return export_int8(args.checkpoint, out, calibration_arrays(inputs, Preprocess(**ckpt["preprocess"])),
+                       args.opset)
+
+
+def export_int8(ckpt_path: str | os.PathLike, out: str | os.PathLike, arrays: torch.Tensor,
+                opset: int = 17) -> Path:
+    """Export to ONNX and quantize to int8 (calibrated on ``arrays``) in one step."""
+    out = Path(out)
     fp32 = out.with_name(f".{out.name}.fp32{os.getpid()}")
     try:
-        export_onnx(args.checkpoint, fp32, args.opset)
+        export_onnx(ckpt_path, fp32, opset)
         return quantize_int8(fp32, out, arrays)
     finally:
         fp32.unlink(missing_ok=True)
