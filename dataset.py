@@ -158,7 +158,8 @@ def image_to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
 
     Transparency is composited on white; palette/greyscale/CMYK become RGB or L.
     """
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    opaque = img.mode in ("RGBA", "LA") and img.getchannel("A").getextrema()[0] == 255
+    if not opaque and (img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, rgba)
@@ -206,8 +207,8 @@ def warn_skipped(bad: Sequence[tuple[Path, str]], what: str = "unreadable image"
               file=sys.stderr)
 
 
-def load_images(files: Sequence[Path]) -> tuple[list[Image.Image], list[Path]]:
-    """Decoded images and their paths; unreadable files are skipped with one warning."""
+def decode_files(files: Sequence[Path]) -> tuple[list[Image.Image], list[Path], list[tuple[Path, str]]]:
+    """Decoded images, their paths, and ``(path, reason)`` for each file that could not be read."""
     images, ok, bad = [], [], []
     for f in files:
         try:
@@ -217,6 +218,12 @@ def load_images(files: Sequence[Path]) -> tuple[list[Image.Image], list[Path]]:
             ok.append(f)
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             bad.append((f, type(e).__name__ if not str(e) else str(e).split("\n")[0][:60]))
+    return images, ok, bad
+
+
+def load_images(files: Sequence[Path]) -> tuple[list[Image.Image], list[Path]]:
+    """Decoded images and their paths; unreadable files are skipped with one warning."""
+    images, ok, bad = decode_files(files)
     warn_skipped(bad)
     return images, ok
 

@@ -27,17 +27,19 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from dataset import (DataError, ImageInput, LabelConverter, Preprocess, image_to_array, list_images,
-                     load_images, normalize, open_image, parse_label)
+from dataset import (DataError, ImageInput, LabelConverter, Preprocess, decode_files, image_to_array,
+                     list_images, normalize, open_image, parse_label, warn_skipped)
 from model import ModelConfig, build_model
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
 REQUIRED_KEYS = ("format", "model", "model_args", "alphabet", "label_length", "preprocess")
+CPU_CHUNK = 64  # images per worker task on the CPU
+T, R = TypeVar("T"), TypeVar("R")
 
 
 class CheckpointError(RuntimeError):
@@ -212,9 +214,11 @@ class CaptchaRecognizer:
     """A trained model ready to read captchas: ``.pth`` checkpoints (PyTorch) or ``.onnx``
     exports (onnxruntime). Preprocessing and decoding are the training ones."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256,
+                 workers: int | None = None):
         self.path, self.batch_size = Path(path), batch_size
         self.device = pick_device(device)
+        self.workers = workers or torch.get_num_threads()
         if self.path.suffix == ".onnx":
             self._init_onnx()
         else:
@@ -234,7 +238,7 @@ class CaptchaRecognizer:
             raise CheckpointError(f"no ONNX model at {self.path}")
         try:
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.intra_op_num_threads = 1  # parallel over chunks instead: see map_chunks
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
             meta = json.loads(self.session.get_modelmeta().custom_metadata_map["captcha"])
         except Exception as e:
@@ -264,11 +268,36 @@ class CaptchaRecognizer:
         """One image (path, bytes, PIL image or array) -> uint8 ``(C, H, W)`` model input."""
         return image_to_array(open_image(image), self.spec)
 
+    def map_chunks(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
+        """``fn`` on consecutive chunks of ``items``, in order, run by ``self.workers`` threads.
+
+        On the CPU each thread decodes its chunk and runs the model on it with one core, so
+        decoding (Python and Pillow, one core) never waits for the model nor the model for it,
+        and the cores are not oversubscribed. Chunks are small so all cores stay busy to the end.
+        """
+        cpu = self.device.type == "cpu"
+        size = min(self.batch_size, CPU_CHUNK) if cpu else self.batch_size
+        parts = [items[i:i + size] for i in range(0, len(items), size)]
+        if len(parts) <= 1 or self.workers <= 1:
+            return [fn(p) for p in parts]
+        threads = torch.get_num_threads()
+
+        def work(part: Sequence[T]) -> R:
+            if cpu and self.session is None:
+                torch.set_num_threads(1)
+            return fn(part)
+
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                return list(pool.map(work, parts))
+        finally:
+            torch.set_num_threads(threads)
+
     def predict_batch(self, images: Sequence[ImageInput]) -> list[tuple[str, float]]:
         """Read several images at once."""
-        if not len(images):
-            return []
-        return self.predict_arrays(torch.from_numpy(np.stack([self.to_array(im) for im in images])))
+        def run(part: Sequence[ImageInput]) -> list[tuple[str, float]]:
+            return self.predict_arrays(torch.from_numpy(np.stack([self.to_array(im) for im in part])))
+        return [r for chunk in self.map_chunks(run, images) for r in chunk]
 
     def predict(self, image: ImageInput) -> tuple[str, float]:
         """Read one image: ``(text, confidence)``."""
@@ -282,32 +311,22 @@ class CaptchaRecognizer:
 
 # -------------------------------------------------------------------------------- CLI
 
-def read_chunks(files: Sequence[Path], spec: Preprocess, chunk: int):
-    """Yield ``(uint8 (N, C, H, W), readable paths)`` per chunk of files, decoding the next
-    chunk in a background thread while the caller runs the model on the current one."""
-    def load(part: Sequence[Path]):
-        images, ok = load_images(part)
-        return (torch.from_numpy(np.stack([image_to_array(im, spec) for im in images])) if images else None), ok
-
-    parts = [files[i:i + chunk] for i in range(0, len(files), chunk)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, parts[0]) if parts else None
-        for i in range(len(parts)):
-            arrays, ok = pending.result()
-            pending = pool.submit(load, parts[i + 1]) if i + 1 < len(parts) else None
-            if arrays is not None:
-                yield arrays, ok
-
-
 def predict_files(rec: CaptchaRecognizer, files: Sequence[Path]) -> list[dict[str, Any]]:
-    """One result dict per readable file (unreadable ones are warned about and skipped)."""
-    results: list[dict[str, Any]] = []
-    for arrays, ok in read_chunks(files, rec.spec, rec.batch_size):
+    """One result dict per readable file (unreadable ones are skipped with one warning)."""
+    def run(part: Sequence[Path]) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+        images, ok, bad = decode_files(part)
+        if not images:
+            return [], bad
+        arrays = torch.from_numpy(np.stack([image_to_array(im, rec.spec) for im in images]))  # (N, C, H, W)
+        results = []
         for path, (text, conf) in zip(ok, rec.predict_arrays(arrays)):
             label = rec.label_of(path)
             results.append({"path": str(path), "prediction": text, "confidence": round(conf, 6),
                             "label": label, "correct": None if label is None else text == label})
-    return results
+        return results, bad
+    chunks = rec.map_chunks(run, files)
+    warn_skipped([b for _, bad in chunks for b in bad])
+    return [r for results, _ in chunks for r in results]
 
 
 def build_report(results: list[dict[str, Any]]) -> dict[str, Any]:

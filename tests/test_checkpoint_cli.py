@@ -141,3 +141,27 @@ def test_errors_contact_sheet_shows_the_misread_images(cnn_ckpt, digits_dir, tmp
     assert n_wrong >= 2 and f"wrote {n_wrong} misread images" in r.stderr
     with Image.open(sheet) as im:
         assert im.width >= 160 * n_wrong  # one captioned tile per misread image, side by side
+
+
+@pytest.mark.parametrize("which", ["cnn_ckpt", "crnn_ckpt"])
+def test_parallel_chunks_read_like_one_worker_in_order(which, request, digits_dir, tmp_path, capsys):
+    from torch_model_predict import CPU_CHUNK, predict_files
+    ckpt = request.getfixturevalue(which)
+    files = sorted(digits_dir.iterdir()) * 3  # several chunks
+    assert len(files) > 2 * CPU_CHUNK
+    bad = [tmp_path / "0000.png", tmp_path / "1111.png"]
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(b"\x89PNG broken")
+    files = bad[:1] + files + bad[1:]  # one bad file in the first chunk, one in the last
+    one = predict_files(CaptchaRecognizer(ckpt, workers=1), files)
+    capsys.readouterr()
+    rec = CaptchaRecognizer(ckpt, workers=2)
+    threads = torch.get_num_threads()
+    many = predict_files(rec, files)
+    assert torch.get_num_threads() == threads  # restored after the workers
+    assert [r["path"] for r in many] == [str(f) for f in files[1:-1]]
+    assert [r["prediction"] for r in many] == [r["prediction"] for r in one]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 2 unreadable images" in err[0]
+    assert rec.predict_batch(files[1:-1]) == [(r["prediction"], pytest.approx(r["confidence"], abs=1e-5))
+                                              for r in one]

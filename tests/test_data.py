@@ -71,6 +71,16 @@ def test_transparent_background_becomes_white():
     assert image_to_array(img, Preprocess(10, 10, 1)).min() == 255
 
 
+def test_opaque_and_partly_transparent_rgba():
+    rgb = render_captcha("1234", 0, 100, 40)
+    spec = Preprocess(50, 22, 3)
+    opaque = rgb.convert("RGBA")
+    assert np.array_equal(image_to_array(opaque, spec), image_to_array(rgb, spec))
+    half = opaque.copy()
+    half.putalpha(128)  # half-transparent: composited on white, so brighter than the RGB image
+    assert image_to_array(half, spec).astype(int).sum() > image_to_array(rgb, spec).astype(int).sum()
+
+
 def test_preprocess_accepts_paths_bytes_pil_and_arrays(tmp_path):
     img = render_captcha("1234", 0, 100, 40)
     img.save(tmp_path / "1234.png")
