@@ -28,7 +28,6 @@ class ModelConfig:
     head_hidden: int = 100  # CNN: hidden units of each position head
     dropout: float = 0.1  # CNN: dropout before each head's last layer
     rnn_hidden: int = 128  # CRNN: GRU hidden size per direction
-    crnn_channels: tuple[int, ...] = (32, 64, 96, 96, 128, 128)  # CRNN: widths of its 6 conv layers
 
 
 def conv_block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
@@ -91,12 +90,13 @@ class CRNN(nn.Module):
     """
 
     blank_bias = 3.0
+    channels = (32, 64, 96, 96, 128, 128)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         bn = cfg.batch_norm
-        c1, c2, c3, c4, c5, c6 = cfg.crnn_channels
+        c1, c2, c3, c4, c5, c6 = self.channels
         self.features = nn.Sequential(
             *conv_block(cfg.in_channels, c1, bn), nn.MaxPool2d(2),  # H/2, W/2
             *conv_block(c1, c2, bn), nn.MaxPool2d(2),  # H/4, W/4
