@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dataset import (DataError, ImageInput, LabelConverter, Preprocess, decode_files, image_to_array,
-                     list_images, normalize, open_image, parse_label, warn_skipped)
+                     list_images, normalize, open_image, parse_label, to_arrays, warn_skipped)
 from model import ModelConfig, build_model
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
@@ -290,13 +290,13 @@ class CaptchaRecognizer:
         try:
             with ThreadPoolExecutor(self.workers) as pool:
                 return list(pool.map(work, parts))
-        finally:
+        finally:  # OpenMP builds keep the setting per thread; other thread pools share it
             torch.set_num_threads(threads)
 
     def predict_batch(self, images: Sequence[ImageInput]) -> list[tuple[str, float]]:
         """Read several images at once."""
         def run(part: Sequence[ImageInput]) -> list[tuple[str, float]]:
-            return self.predict_arrays(torch.from_numpy(np.stack([self.to_array(im) for im in part])))
+            return self.predict_arrays(to_arrays([open_image(im) for im in part], self.spec))
         return [r for chunk in self.map_chunks(run, images) for r in chunk]
 
     def predict(self, image: ImageInput) -> tuple[str, float]:
@@ -317,7 +317,7 @@ def predict_files(rec: CaptchaRecognizer, files: Sequence[Path]) -> list[dict[st
         images, ok, bad = decode_files(part)
         if not images:
             return [], bad
-        arrays = torch.from_numpy(np.stack([image_to_array(im, rec.spec) for im in images]))  # (N, C, H, W)
+        arrays = to_arrays(images, rec.spec)  # (N, C, H, W) uint8
         results = []
         for path, (text, conf) in zip(ok, rec.predict_arrays(arrays)):
             label = rec.label_of(path)

@@ -33,4 +33,3 @@ def test_train_then_predict_cli(arch, tmp_path):
     assert all(set(p) <= set("0123456789") for p in preds)
     # after 40 epochs on its own images the model reads most of them
     assert report["summary"]["character_accuracy"] > 0.6, report["summary"]
-
