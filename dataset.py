@@ -408,4 +408,4 @@ class SyntheticCaptchas(torch.utils.data.Dataset):
         seed = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + i
         text = random_text(random.Random(seed), self.alphabet, self.length)
         img = synthetic_captcha(text, seed, (self.spec.width, self.spec.height))
-        return torch.from_numpy(image_to_array(img, self.spec)), text
+        return torch.tensor(image_to_array(img, self.spec)), text  # copy: PIL's array is read-only
