@@ -5,6 +5,7 @@ Usage:
     python benchmark.py --datasets percent4-digits --archs cnn --seeds 0 1 2
     python benchmark.py --sizes 100 200 400 all           # the few-labels curve
     python benchmark.py --quick                           # smoke run on generated captchas
+    python benchmark.py --archs crnn --train-args="--ema 0.99"   # a non-default recipe
 
 For each seed the dataset is split once: 20% is held out as the test split that training
 never touches; the training images (all, or the first N of a seeded shuffle) go to
@@ -21,6 +22,7 @@ import argparse
 import contextlib
 import io
 import random
+import shlex
 import statistics
 import sys
 import tempfile
@@ -118,15 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", default=["all"], help="training set sizes ('all' or a number)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (split, init, augmentation)")
     p.add_argument("--quick", action="store_true", help="smoke run: generated captchas, 1 seed, 2 epochs")
+    p.add_argument("--train-args", default="", metavar="FLAGS",
+                   help="extra torch_model_train.py flags to measure instead of the default recipe, "
+                        "e.g. --train-args='--ema 0.99'; shown in the arch column")
     args = p.parse_args(argv)
-    extra: list[str] = []
+    extra = shlex.split(args.train_args)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         folders = {name: DATASETS.get(name, name) for name in args.datasets}
         if args.quick:
             from make_captchas import generate
             generate(workdir / "generated", 60, seed=4, show=False)
-            folders, args.seeds, extra = {"generated": str(workdir / "generated")}, args.seeds[:1], ["--epochs", "2"]
+            folders, args.seeds = {"generated": str(workdir / "generated")}, args.seeds[:1]
+            extra = ["--epochs", "2", *extra]
         rows = []
         for name, folder in folders.items():
             files = list_images([folder])
@@ -144,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"  {name} {arch} n={len(train_files)} seed {seed}: "
                               f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s",
                               file=sys.stderr)
-                    rows.append((name, arch, str(len(train_files)), args.seeds, summarize(runs)))
+                    label = f"{arch} {args.train_args}".strip()
+                    rows.append((name, label, str(len(train_files)), args.seeds, summarize(runs)))
             dd = [ddddocr_scores(split_files(files, seed, None)[1], alphabet) for seed in args.seeds]
             if all(dd):
                 rows.append((name, "ddddocr (zero-shot)", "0", args.seeds, summarize(dd)))

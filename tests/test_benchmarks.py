@@ -30,6 +30,11 @@ def test_accuracy_benchmark_quick():
             assert re.fullmatch(r"\d+\.\d\d%", row[8]) or (row[8] == "n/a" and not has_onnx())
 
 
+def test_accuracy_benchmark_passes_train_args_to_training():
+    r = run_script("benchmark.py", "--quick", "--archs", "crnn", "--train-args=--ema 0.5 --bogus-flag", timeout=600)
+    assert r.returncode != 0 and "unrecognized arguments: --bogus-flag" in r.stderr
+
+
 def test_speed_benchmark_quick():
     r = run_script("benchmark_speed.py", "--quick", "--archs", "cnn", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
