@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from dataset import infer_alphabet, list_images, parse_label, split_indices
+from dataset import HelpFormatter, infer_alphabet, list_images, parse_label, split_indices
 from torch_model_predict import CaptchaRecognizer, predict_files, score
 from torch_model_train import parse_args as train_args, train
 
@@ -114,7 +114,7 @@ def print_table(rows: list[tuple[str, str, str, list[int], dict[str, Any]]]) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Accuracy of the default recipe on real captchas.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="dataset names under ../shared/data")
     p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures")
     p.add_argument("--sizes", nargs="+", default=["all"], help="training set sizes ('all' or a number)")

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from dataset import LabelConverter, Preprocess, auto_size, infer_alphabet, list_images, load_images, parse_label
+from dataset import (HelpFormatter, LabelConverter, Preprocess, auto_size, infer_alphabet, list_images, load_images,
+                     parse_label)
 from model import ModelConfig, build_model
 from torch_model_predict import CaptchaRecognizer, predict_files
 from torch_model_train import atomic_save, checkpoint_dict
@@ -173,7 +174,7 @@ def print_table(rows: list[dict[str, Any]], peak: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="small smoke run on generated captchas")
     p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures to time")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per row (best is kept)")

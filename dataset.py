@@ -12,6 +12,7 @@ evaluation, prediction and export:
 """
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import random
@@ -36,6 +37,14 @@ ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 class DataError(ValueError):
     """Bad user data (empty folder, no labelled files, ...): shown as one line."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each flag's default, unless its help text already says it or it is None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default" in text or action.default is None else super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------------- labels

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from dataset import random_text, synthetic_captcha
+from dataset import HelpFormatter, random_text, synthetic_captcha
 
 DEFAULT_SETS = (("train_images", 4000, 1), ("new_images", 100, 2))  # folder, count, seed
 
@@ -45,7 +45,7 @@ def generate(out: str | Path, count: int, seed: int, alphabet: str = "0123456789
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate file-name-labelled synthetic captchas.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", help="folder to write (default: the project's train_images/ and new_images/)")
     p.add_argument("--count", type=int, default=1000, help="images to write with --out")
     p.add_argument("--seed", type=int, default=0, help="random seed (texts and drawing)")

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dataset import DataError, Preprocess, list_images, load_images, normalize, to_arrays
+from dataset import HelpFormatter, DataError, Preprocess, list_images, load_images, normalize, to_arrays
 from torch_model_predict import CaptchaRecognizer, CheckpointError, load_checkpoint, model_from_checkpoint
 
 INT8_MIN_AGREEMENT = 0.99  # share of --verify images an int8 model must read like PyTorch
@@ -123,7 +123,7 @@ def calibration_arrays(inputs: Sequence[str | os.PathLike], spec: Preprocess, li
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Export a captcha checkpoint to ONNX and verify it.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", nargs="?", default="captcha_recognize.pth", help=".pth checkpoint")
     p.add_argument("--out", help="ONNX file (default: the checkpoint's name with .onnx, or .int8.onnx)")
     p.add_argument("--verify", nargs="*", default=["new_images"], metavar="INPUT",

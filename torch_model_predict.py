@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from dataset import (DataError, ImageInput, LabelConverter, Preprocess, decode_files, image_to_array,
+from dataset import (HelpFormatter, DataError, ImageInput, LabelConverter, Preprocess, decode_files, image_to_array,
                      list_images, normalize, open_image, parse_label, to_arrays, warn_skipped)
 from model import ModelConfig, build_model
 
@@ -363,7 +363,7 @@ def print_results(results: list[dict[str, Any]], out=sys.stdout) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Read captcha images with a trained checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="*", default=["new_images"], help="image folders and/or files")
     p.add_argument("--checkpoint", default="captcha_recognize.pth", help=".pth checkpoint or .onnx export")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dataset import (Augment, ArrayDataset, DataError, LabelConverter, Preprocess, SyntheticCaptchas,
+from dataset import (HelpFormatter, Augment, ArrayDataset, DataError, LabelConverter, Preprocess, SyntheticCaptchas,
                      augment, auto_size, infer_alphabet, normalize, read_labelled, split_indices, to_arrays)
 from model import ModelConfig, build_model
 from torch_model_predict import (CHECKPOINT_FORMAT, CheckpointError, evaluate, format_scores,
@@ -91,7 +91,7 @@ class Dist:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a captcha recognizer on file-name-labelled images.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="*", default=None,
                    help="folders/files of labelled images (default: train_images, unless --synthetic alone)")
     p.add_argument("--arch", choices=["cnn", "crnn"], default="cnn", help="model family")
@@ -116,7 +116,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alphabet", help="characters to recognise (default: those in the labels)")
     p.add_argument("--length", type=int, help="label length for the CNN (default: from the labels)")
     p.add_argument("--img-size", metavar="WxH",
-                   help="model input size (default: most common image size, scaled to at most 32 high)")
+                   help="model input size (default: most common image size, scaled to at most 24 high)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="3 = colour, 1 = grey (default: cnn 3, crnn 1)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",

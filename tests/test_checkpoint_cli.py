@@ -1,6 +1,7 @@
-"""Checkpoint round trip, refused/incompatible checkpoints, and the predict CLI."""
+"""Checkpoint round trip, refused/incompatible checkpoints, the predict CLI, and --help."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from dataset import list_images, load_images, to_arrays
+from dataset import HelpFormatter, list_images, load_images, to_arrays
 from torch_model_predict import (CaptchaRecognizer, CheckpointError, converter_from, evaluate, load_checkpoint,
                                  model_from_checkpoint)
 
@@ -165,3 +166,20 @@ def test_parallel_chunks_read_like_one_worker_in_order(which, request, digits_di
     assert len(err) == 1 and "skipped 2 unreadable images" in err[0]
     assert rec.predict_batch(files[1:-1]) == [(r["prediction"], pytest.approx(r["confidence"], abs=1e-5))
                                               for r in one]
+
+
+def test_help_shows_each_default_once():
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    p.add_argument("--a", type=int, default=3, help="plain")
+    p.add_argument("--b", default=None, help="computed later")
+    p.add_argument("--c", default="x", help="own wording (default: the folder's)")
+    text = " ".join(p.format_help().split())
+    assert "plain (default: 3)" in text and "(default: None)" not in text
+    assert "(default: the folder's)" in text and "(default: x)" not in text
+
+
+@pytest.mark.parametrize("script", ["torch_model_train.py", "torch_model_predict.py", "torch_model_export.py"])
+def test_script_help_lists_defaults(script):
+    r = run_script(script, "--help")
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0 and "(default: " in text and "(default: None)" not in text
