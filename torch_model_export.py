@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dataset import HelpFormatter, DataError, Preprocess, list_images, load_images, normalize, to_arrays
+from dataset import DataError, HelpFormatter, Preprocess, list_images, load_images, normalize, to_arrays
 from torch_model_predict import CaptchaRecognizer, CheckpointError, load_checkpoint, model_from_checkpoint
 
 INT8_MIN_AGREEMENT = 0.99  # share of --verify images an int8 model must read like PyTorch

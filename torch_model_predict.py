@@ -29,11 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-import numpy as np
 import torch
 
-from dataset import (HelpFormatter, DataError, ImageInput, LabelConverter, Preprocess, decode_files, image_to_array,
-                     list_images, normalize, open_image, parse_label, to_arrays, warn_skipped)
+from dataset import (DataError, HelpFormatter, ImageInput, LabelConverter, Preprocess, decode_files, list_images,
+                     normalize, open_image, parse_label, to_arrays, warn_skipped)
 from model import ModelConfig, build_model
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
@@ -263,10 +262,6 @@ class CaptchaRecognizer:
             texts, confs = self.converter.decode(self.logits(normalize(arrays[i:i + self.batch_size])))
             out += zip(texts, confs)
         return out
-
-    def to_array(self, image: ImageInput) -> np.ndarray:
-        """One image (path, bytes, PIL image or array) -> uint8 ``(C, H, W)`` model input."""
-        return image_to_array(open_image(image), self.spec)
 
     def map_chunks(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
         """``fn`` on consecutive chunks of ``items``, in order, run by ``self.workers`` threads.

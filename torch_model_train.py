@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dataset import (HelpFormatter, Augment, ArrayDataset, DataError, LabelConverter, Preprocess, SyntheticCaptchas,
+from dataset import (Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter, Preprocess, SyntheticCaptchas,
                      augment, auto_size, infer_alphabet, normalize, read_labelled, split_indices, to_arrays)
 from model import ModelConfig, build_model
 from torch_model_predict import (CHECKPOINT_FORMAT, CheckpointError, evaluate, format_scores,
