@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import sys
+import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,6 +53,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path} (train one with: python torch_model_train.py)")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; text, images, ... are not
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a torch.save file)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

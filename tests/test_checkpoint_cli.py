@@ -62,8 +62,10 @@ def test_missing_foreign_and_corrupt_checkpoints_exit_2(tmp_path, digits_dir):
     torch.save({"conv1.weight": torch.zeros(1)}, foreign)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 garbage")
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
     for ckpt, msg in [(tmp_path / "none.pth", "no checkpoint"), (foreign, "not a captcha checkpoint"),
-                      (corrupt, "not a readable PyTorch checkpoint")]:
+                      (corrupt, "not a readable PyTorch checkpoint"), (text, "not a torch.save file")]:
         r = run_script("torch_model_predict.py", str(digits_dir), "--checkpoint", str(ckpt))
         assert r.returncode == 2, r.stderr
         assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
