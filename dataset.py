@@ -326,6 +326,42 @@ def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator | None = None) -
     return x.clamp_(-1, 1).contiguous(memory_format=torch.channels_last)
 
 
+def text_span(arrays: torch.Tensor) -> tuple[float, float]:
+    """Columns ``[x0, x1)`` where the text of a set of captchas lies: those whose pixels
+    vary across the images more than halfway between the least and the most varying
+    column (margins hold background and noise, which vary less than glyphs)."""
+    std = arrays.float().std(0).mean(dim=(0, 1))  # (W,) from (N, C, H, W)
+    lo, hi = std.min(), std.max()
+    cols = (std > (lo + hi) / 2).nonzero().flatten()
+    return (float(cols[0]), float(cols[-1]) + 1) if len(cols) else (0.0, float(arrays.shape[-1]))
+
+
+def splice(x: torch.Tensor, labels: Sequence[str], p: float, span: tuple[float, float] | None = None,
+           gen: torch.Generator | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Recombine a batch of equal-length captchas: with probability ``p`` per image, the
+    columns right of a character boundary (boundaries evenly spaced over the text
+    ``span``, default the whole width) come from another image of the batch, and so do
+    the label's characters after it.
+
+    New label combinations keep a model from reading a small training set by recognising
+    whole images. Batches with labels of different lengths are returned unchanged.
+    """
+    b, _, _, w = x.shape  # (B, C, H, W)
+    n = len(labels[0]) if labels else 0
+    if p <= 0 or n < 2 or b < 2 or any(len(s) != n for s in labels):
+        return x, list(labels)
+    use = torch.rand(b, generator=gen) < p  # (B,)
+    partner = torch.randperm(b, generator=gen)  # (B,)
+    k = torch.randint(1, n, (b,), generator=gen)  # boundary after character k
+    x0, x1 = span or (0.0, float(w))
+    cut = torch.round(x0 + k.float() * (x1 - x0) / n).long()  # (B,)
+    right = (torch.arange(w).view(1, w) >= cut.view(b, 1)) & use.view(b, 1)  # (B, W)
+    out = torch.where(right.view(b, 1, 1, w), x[partner], x)  # (B, C, H, W)
+    new = [s[:j] + labels[i][j:] if u else s
+           for s, i, j, u in zip(labels, partner.tolist(), k.tolist(), use.tolist())]
+    return out.contiguous(memory_format=torch.channels_last), new
+
+
 def _draw_lines(x: torch.Tensor, p: float, gen: torch.Generator | None) -> torch.Tensor:
     """With probability ``p`` per image, one thin random line of random intensity."""
     b, c, h, w = x.shape

@@ -30,7 +30,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dataset import (Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter, Preprocess, SyntheticCaptchas,
-                     augment, auto_size, infer_alphabet, normalize, read_labelled, split_indices, to_arrays)
+                     augment, auto_size, infer_alphabet, normalize, read_labelled, splice, split_indices, text_span, to_arrays)
 from model import ModelConfig, build_model
 from torch_model_predict import (CHECKPOINT_FORMAT, CheckpointError, evaluate, format_scores,
                                  load_checkpoint, mistakes_table, pick_device, score)
@@ -118,6 +118,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img-size", metavar="WxH",
                    help="model input size (default: most common image size, scaled to at most 24 high)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="3 = colour, 1 = grey (default: cnn 3, crnn 1)")
+    p.add_argument("--splice", type=float, default=None, metavar="P",
+                   help="probability per image of swapping its text after a character boundary, with "
+                        "the label, for another image's (default: cnn 0.5, crnn 0)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "
@@ -274,6 +277,8 @@ class EMA:
 
 
 DEFAULT_STEPS = {"cnn": 800, "crnn": 1600}  # CTC keeps improving longer (measured on captcha-images-v2)
+# --splice: the CNN's position heads memorise small sets without it; the CRNN read worse with it
+DEFAULT_SPLICE = {"cnn": 0.5, "crnn": 0.0}
 
 
 def default_epochs(n_train: int, batch: int, world: int, target_steps: int = 800) -> int:
@@ -298,7 +303,8 @@ def autocast_for(device: torch.device, amp: str):
 
 
 def train_epoch(model, loader, opt, sched, conv: LabelConverter, args, device, epoch: int,
-                show: bool, amp_ctx, scaler, ema: EMA | None = None) -> tuple[float, list[float], int]:
+                show: bool, amp_ctx, scaler, ema: EMA | None = None,
+                span: tuple[float, float] | None = None) -> tuple[float, list[float], int]:
     """One pass over the loader; returns summed loss, summed per-head losses, batches."""
     model.train()
     aug = None if args.no_augment else Augment()
@@ -308,6 +314,8 @@ def train_epoch(model, loader, opt, sched, conv: LabelConverter, args, device, e
                dynamic_ncols=True)
     for arrays, labels in bar:
         x = normalize(arrays)  # (B, C, H, W)
+        if aug is not None and args.splice > 0:
+            x, labels = splice(x, labels, args.splice, span, gen)
         if aug is not None:
             x = augment(x, aug, gen)
         x = x.to(device, non_blocking=True)
@@ -387,6 +395,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     conv, spec = make_task(args, data, init)
     train_set, val_set = build_datasets(args, data, conv, spec, log)
     val_arrays, val_labels = materialize(val_set) if val_set is not None else (None, [])
+    if args.splice is None:
+        args.splice = DEFAULT_SPLICE[args.arch]
+    real = getattr(train_set, "datasets", [train_set])[0]
+    span = text_span(real.arrays) if isinstance(real, ArrayDataset) else None  # where splice cuts
     if args.epochs is None:
         args.epochs = resume["config"]["epochs"] if resume else default_epochs(
             len(train_set), args.batch_size, d.world, DEFAULT_STEPS[args.arch])
@@ -428,7 +440,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     log(f"{args.arch}: {len(train_set)} training / {len(val_labels)} validation images, alphabet "
         f"{conv.alphabet!r}, length {conv.length if not conv.ctc else 'any'}, input "
-        f"{spec.width}x{spec.height}x{spec.channels}, {args.epochs} epochs, device {device}"
+        f"{spec.width}x{spec.height}x{spec.channels}, {args.epochs} epochs"
+        + (f", splice {args.splice}" if args.splice and not args.no_augment else "") + f", device {device}"
         + (f", {d.world} processes" if d.enabled else ""))
     t0 = time.time()
     try:
@@ -438,7 +451,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 if hasattr(part, "set_epoch"):
                     part.set_epoch(epoch)
             total, heads, batches = train_epoch(model, loader, opt, sched, conv, args, device, epoch,
-                                                d.main, amp_ctx, scaler, ema)
+                                                d.main, amp_ctx, scaler, ema, span)
             eval_model = ema.model if ema is not None else raw_model  # the weights that get saved
             sums = d.sum([total, batches] + heads)
             loss, per_head = sums[0] / sums[1], [h / sums[1] for h in sums[2:]]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from dataset import (Augment, DataError, LabelConverter, Preprocess, augment, auto_size, image_to_array,
                      infer_alphabet, normalize, parse_label, preprocess, read_labelled, render_captcha,
-                     split_indices)
+                     splice, split_indices, text_span)
 
 
 @pytest.mark.parametrize("name,label", [
@@ -161,6 +161,32 @@ def test_augment_keeps_shape_and_range_and_changes_pixels():
     assert torch.equal(y, z)  # reproducible from the generator
     still = augment(x, Augment(0, 0, 0, 0, 0, 0, 0, 0), torch.Generator().manual_seed(0))
     assert torch.allclose(still, x, atol=1e-5)  # all strengths 0: identity
+
+
+def test_splice_moves_pixels_and_label_suffix_together():
+    b, w, n = 8, 40, 4
+    x = torch.arange(b, dtype=torch.float).view(b, 1, 1, 1).expand(b, 1, 3, w).contiguous()  # image i is all i
+    labels = [str(i) * n for i in range(b)]
+    out, new = splice(x, labels, 1.0, span=(0.0, float(w)), gen=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and len(new) == b
+    for img, label, old in zip(out, new, labels):
+        assert label[0] == old[0]  # the first character always stays
+        for j, ch in enumerate(label):  # character j's 10 columns come from the image it names
+            assert img[0, :, j * 10:(j + 1) * 10].eq(int(ch)).all()
+    assert new != labels
+
+
+def test_splice_leaves_mixed_lengths_and_p0_alone():
+    x = torch.rand(3, 1, 4, 20)
+    for labels, p in ((["ab", "abc", "abcd"], 1.0), (["abc", "def", "ghi"], 0.0)):
+        out, new = splice(x, labels, p, gen=torch.Generator().manual_seed(0))
+        assert torch.equal(out, x) and new == labels
+
+
+def test_text_span_finds_the_varying_columns():
+    arrays = torch.full((50, 1, 8, 40), 200, dtype=torch.uint8)
+    arrays[:, :, :, 10:30] = torch.randint(0, 256, (50, 1, 8, 20), generator=torch.Generator().manual_seed(0))
+    assert text_span(arrays) == (10.0, 30.0)
 
 
 def test_render_captcha_is_reproducible():
