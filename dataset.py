@@ -326,11 +326,12 @@ def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator | None = None) -
     return x.clamp_(-1, 1).contiguous(memory_format=torch.channels_last)
 
 
-def text_span(arrays: torch.Tensor) -> tuple[float, float]:
+def text_span(arrays: torch.Tensor, sample: int = 5000) -> tuple[float, float]:
     """Columns ``[x0, x1)`` where the text of a set of captchas lies: those whose pixels
     vary across the images more than halfway between the least and the most varying
-    column (margins hold background and noise, which vary less than glyphs)."""
-    std = arrays.float().std(0).mean(dim=(0, 1))  # (W,) from (N, C, H, W)
+    column (margins hold background and noise, which vary less than glyphs). Looks at the
+    first ``sample`` images, so large sets are not copied to float whole."""
+    std = arrays[:sample].float().std(0).mean(dim=(0, 1))  # (W,) from (N, C, H, W)
     lo, hi = std.min(), std.max()
     cols = (std > (lo + hi) / 2).nonzero().flatten()
     return (float(cols[0]), float(cols[-1]) + 1) if len(cols) else (0.0, float(arrays.shape[-1]))

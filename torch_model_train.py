@@ -30,7 +30,8 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dataset import (Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter, Preprocess, SyntheticCaptchas,
-                     augment, auto_size, infer_alphabet, normalize, read_labelled, splice, split_indices, text_span, to_arrays)
+                     augment, auto_size, infer_alphabet, normalize, read_labelled, splice, split_indices, text_span,
+                     to_arrays)
 from model import ModelConfig, build_model
 from torch_model_predict import (CHECKPOINT_FORMAT, CheckpointError, evaluate, format_scores,
                                  load_checkpoint, mistakes_table, pick_device, score)
@@ -314,9 +315,8 @@ def train_epoch(model, loader, opt, sched, conv: LabelConverter, args, device, e
                dynamic_ncols=True)
     for arrays, labels in bar:
         x = normalize(arrays)  # (B, C, H, W)
-        if aug is not None and args.splice > 0:
-            x, labels = splice(x, labels, args.splice, span, gen)
         if aug is not None:
+            x, labels = splice(x, labels, args.splice, span, gen)  # no-op at --splice 0
             x = augment(x, aug, gen)
         x = x.to(device, non_blocking=True)
         with amp_ctx:
