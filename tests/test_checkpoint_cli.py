@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from dataset import HelpFormatter, list_images, load_images, to_arrays
 from torch_model_predict import (CaptchaRecognizer, CheckpointError, converter_from, evaluate, load_checkpoint,
                                  model_from_checkpoint)
@@ -168,6 +170,17 @@ def test_parallel_chunks_read_like_one_worker_in_order(which, request, digits_di
     assert len(err) == 1 and "skipped 2 unreadable images" in err[0]
     assert rec.predict_batch(files[1:-1]) == [(r["prediction"], pytest.approx(r["confidence"], abs=1e-5))
                                               for r in one]
+
+
+def test_predict_into_a_closed_pipe_exits_without_traceback(cnn_ckpt, digits_dir):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` that has already stopped reading
+    try:
+        r = subprocess.run([sys.executable, str(ROOT / "torch_model_predict.py"), str(digits_dir), "--checkpoint",
+                            str(cnn_ckpt)], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_help_shows_each_default_once():
