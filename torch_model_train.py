@@ -486,8 +486,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         log(f"\ninterrupted: best checkpoint so far is {args.out}; continue with --resume")
         d.close()
         raise
-    log(f"trained {args.epochs - start + 1} epochs in {time.time() - t0:.1f}s; best epoch {best.get('epoch')}: "
-        f"sequence accuracy {100 * best['sequence_accuracy']:.2f}% -> {args.out}")
+    result = (f"best epoch {best.get('epoch')}: sequence accuracy {100 * best['sequence_accuracy']:.2f}%"
+              if val_labels else "no validation images, saved the last epoch")
+    log(f"trained {args.epochs - start + 1} epochs in {time.time() - t0:.1f}s; {result} -> {args.out}")
     if d.main:
         finish(raw_model, best_state, val_arrays, val_labels, conv, device, args, history)
     d.close()
