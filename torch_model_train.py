@@ -194,6 +194,9 @@ def build_datasets(args, data, conv: LabelConverter, spec: Preprocess, log):
         tr, va = split_indices(len(labels), [args.val_split], args.seed) if args.val_split > 0 else (
             list(range(len(labels))), [])
         train_parts.append(ArrayDataset(arrays[tr], [labels[i] for i in tr]))
+        if len(tr) < FEW_IMAGES and not args.synthetic:
+            log(f"warning: only {len(tr)} training images; real captchas need {FEW_IMAGES} or more "
+                "labelled images to read well (README: few labels)")
         if va:
             val = ArrayDataset(arrays[va], [labels[i] for i in va])
     if args.synthetic:
@@ -280,6 +283,7 @@ class EMA:
 DEFAULT_STEPS = {"cnn": 800, "crnn": 1600}  # CTC keeps improving longer (measured on captcha-images-v2)
 # --splice: the CNN's position heads memorise small sets without it; the CRNN read worse with it
 DEFAULT_SPLICE = {"cnn": 0.5, "crnn": 0.0}
+FEW_IMAGES = 100  # below this, training warns (README's few-labels table starts at 100)
 
 
 def default_epochs(n_train: int, batch: int, world: int, target_steps: int = 800) -> int:
