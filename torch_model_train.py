@@ -280,7 +280,7 @@ class EMA:
                 avg.copy_(cur)
 
 
-DEFAULT_STEPS = {"cnn": 800, "crnn": 1600}  # CTC keeps improving longer (measured on captcha-images-v2)
+DEFAULT_STEPS = {"cnn": 1600, "crnn": 1600}  # both kept improving up to here on captcha-images-v2
 # --splice: the CNN's position heads memorise small sets without it; the CRNN read worse with it
 DEFAULT_SPLICE = {"cnn": 0.5, "crnn": 0.0}
 FEW_IMAGES = 100  # below this, training warns (README's few-labels table starts at 100)

@@ -12,6 +12,7 @@ import torch
 
 from conftest import ROOT, run_script
 from dataset import HelpFormatter, list_images, load_images, to_arrays
+from model import CLASSIC_CNN_CHANNELS, ModelConfig, build_model
 from torch_model_predict import (CaptchaRecognizer, CheckpointError, converter_from, evaluate, load_checkpoint,
                                  model_from_checkpoint)
 
@@ -41,6 +42,16 @@ def test_round_trip_gives_the_same_predictions(cnn_ckpt, digits_dir, tmp_path):
     # the short training actually learned its images
     labels = [p.name[:4] for p in paths]
     assert sum(p == t for p, t in zip(before, labels)) >= 0.9 * len(labels)
+
+
+def test_checkpoint_from_before_cnn_channels_loads_the_classic_widths(cnn_ckpt, digits_dir, tmp_path):
+    ckpt = load_checkpoint(cnn_ckpt)
+    args = {k: v for k, v in ckpt["model_args"].items() if k != "cnn_channels"}  # as older versions saved
+    classic = build_model(ModelConfig(**args, cnn_channels=CLASSIC_CNN_CHANNELS))
+    torch.save({**ckpt, "model_args": args, "model": classic.state_dict()}, tmp_path / "old.pth")
+    rec = CaptchaRecognizer(tmp_path / "old.pth")
+    assert rec.model.features[0].out_channels == 32
+    assert len(rec.predict(sorted(digits_dir.iterdir())[0])[0]) == 4
 
 
 class Exploit:

@@ -12,7 +12,7 @@ def test_cnn_classic_shape_for_50x22():
     assert m.flat_features == 768
     convs = [l for l in m.features if isinstance(l, torch.nn.Conv2d)]
     pools = [l for l in m.features if isinstance(l, torch.nn.MaxPool2d)]
-    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128, 256, 256]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64, 256, 256]
     assert len(pools) == 4 and len(m.heads) == 4
     lin = [l for l in m.heads[0] if isinstance(l, torch.nn.Linear)]
     assert (lin[0].in_features, lin[0].out_features, lin[1].out_features) == (768, 100, 10)
