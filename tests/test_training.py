@@ -13,7 +13,7 @@ def test_default_epochs_give_small_sets_the_full_step_count():
     # 90 images at batch 32: 3 steps per epoch, so 1600 steps need 534 epochs (no cap)
     assert default_epochs(90, 32, 1, 1600) == 534
     assert default_epochs(10, 32, 1, 1600) == 1600  # one step per epoch
-    assert default_epochs(3600, 32, 1, 800) == 16  # large sets: at least 16 passes
+    assert default_epochs(3600, 32, 1, 800) == 32  # large sets: at least 32 passes
     assert default_epochs(674, 32, 2, 1600) == 146  # per-process batches under DDP: 11 steps
 
 
