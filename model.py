@@ -29,7 +29,7 @@ class ModelConfig:
     img_w: int = 50
     batch_norm: bool = True
     # CNN: widths of the 4 conv stages. Narrower early stages than CLASSIC_CNN_CHANNELS cost
-    # about a third of the compute and, given twice the steps, read better (README: Results)
+    # about 40% of the compute and, given twice the steps, read better (README: Accuracy)
     cnn_channels: tuple[int, ...] = (16, 32, 64, 256)
     head_hidden: int = 100  # CNN: hidden units of each position head
     dropout: float = 0.1  # CNN: dropout before each head's last layer

@@ -36,6 +36,12 @@ from model import ModelConfig, build_model
 from torch_model_predict import (CHECKPOINT_FORMAT, CheckpointError, evaluate, format_scores,
                                  load_checkpoint, mistakes_table, pick_device, score)
 
+DEFAULT_STEPS = 1600  # both families kept improving up to here on captcha-images-v2
+MIN_EPOCHS = 32  # large sets: the narrow CNN read train_images' validation 93.0% after 16, 96.25% after 32
+# --splice: the CNN's position heads memorise small sets without it; the CRNN read worse with it
+DEFAULT_SPLICE = {"cnn": 0.5, "crnn": 0.0}
+FEW_IMAGES = 100  # below this, training warns (README's few-labels table starts at 100)
+
 
 # ------------------------------------------------------------------------ distributed
 
@@ -278,13 +284,6 @@ class EMA:
                 avg.lerp_(cur, 1 - d)
             else:
                 avg.copy_(cur)
-
-
-DEFAULT_STEPS = 1600  # both families kept improving up to here on captcha-images-v2
-MIN_EPOCHS = 32  # large sets: the narrow CNN read train_images' validation 93.0% after 16, 96.25% after 32
-# --splice: the CNN's position heads memorise small sets without it; the CRNN read worse with it
-DEFAULT_SPLICE = {"cnn": 0.5, "crnn": 0.0}
-FEW_IMAGES = 100  # below this, training warns (README's few-labels table starts at 100)
 
 
 def default_epochs(n_train: int, batch: int, world: int, target_steps: int = DEFAULT_STEPS) -> int:
