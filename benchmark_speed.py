@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from dataset import (HelpFormatter, LabelConverter, Preprocess, auto_size, infer_alphabet, list_images, load_images,
-                     parse_label)
+from dataset import (MAX_HEIGHT, HelpFormatter, LabelConverter, Preprocess, auto_size, infer_alphabet, list_images,
+                     load_images, parse_label)
 from model import ModelConfig, build_model
 from torch_model_predict import CaptchaRecognizer, predict_files
 from torch_model_train import atomic_save, checkpoint_dict
@@ -131,10 +131,10 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
     images, _ = load_images(files)
     labels = [parse_label(f) for f in files]
     alphabet, length = infer_alphabet(labels), max(len(s) for s in labels)
-    w, h = auto_size([im.size for im in images])
     dddd = time_ddddocr(files, alphabet)
     rows = []
     for arch in archs:
+        w, h = auto_size([im.size for im in images], MAX_HEIGHT[arch])
         spec = Preprocess(w, h, 3 if arch == "cnn" else 1)
         ckpt = make_checkpoint(arch, alphabet, length, spec, workdir / f"{name}-{arch}.pth")
         rec = CaptchaRecognizer(ckpt)

@@ -137,6 +137,11 @@ class Preprocess:
     channels: int = 3  # 3: RGB, 1: grayscale
 
 
+# Default cap on the model input height per family: the CRNN read captcha-images-v2 better at
+# 128x32 than at 96x24 (README: Accuracy); the CNN keeps the classic small input.
+MAX_HEIGHT = {"cnn": 24, "crnn": 32}
+
+
 def auto_size(sizes: Sequence[tuple[int, int]], max_height: int = 24) -> tuple[int, int]:
     """Model input (width, height) for a folder: its most common image size, scaled down
     (aspect kept) to at most ``max_height`` pixels high."""

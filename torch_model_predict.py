@@ -34,7 +34,7 @@ import torch
 
 from dataset import (DataError, HelpFormatter, ImageInput, LabelConverter, Preprocess, decode_files, list_images,
                      normalize, open_image, parse_label, to_arrays, warn_skipped)
-from model import CLASSIC_CNN_CHANNELS, ModelConfig, build_model
+from model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
 REQUIRED_KEYS = ("format", "model", "model_args", "alphabet", "label_length", "preprocess")
@@ -69,7 +69,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
-    ckpt["model_args"].setdefault("cnn_channels", CLASSIC_CNN_CHANNELS)  # saved before the field existed
+    ckpt["model_args"].setdefault("cnn_channels", CLASSIC_CNN_CHANNELS)  # saved before the fields existed
+    ckpt["model_args"].setdefault("crnn_channels", CLASSIC_CRNN_CHANNELS)
     return ckpt
 
 

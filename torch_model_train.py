@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dataset import (Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter, Preprocess, SyntheticCaptchas,
-                     augment, auto_size, infer_alphabet, normalize, read_labelled, splice, split_indices, text_span,
-                     to_arrays)
+from dataset import (MAX_HEIGHT, Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter, Preprocess,
+                     SyntheticCaptchas, augment, auto_size, infer_alphabet, normalize, read_labelled, splice,
+                     split_indices, text_span, to_arrays)
 from model import ModelConfig, build_model
 from torch_model_predict import (CHECKPOINT_FORMAT, CheckpointError, evaluate, format_scores,
                                  load_checkpoint, mistakes_table, pick_device, score)
@@ -123,7 +123,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alphabet", help="characters to recognise (default: those in the labels)")
     p.add_argument("--length", type=int, help="label length for the CNN (default: from the labels)")
     p.add_argument("--img-size", metavar="WxH",
-                   help="model input size (default: most common image size, scaled to at most 24 high)")
+                   help="model input size (default: most common image size, scaled to at most 24 high for the "
+                        "cnn, 32 for the crnn)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="3 = colour, 1 = grey (default: cnn 3, crnn 1)")
     p.add_argument("--splice", type=float, default=None, metavar="P",
                    help="probability per image of swapping its text after a character boundary, with "
@@ -177,7 +178,8 @@ def make_task(args: argparse.Namespace, data, init: dict[str, Any] | None) -> tu
         raise DataError(f"labels have different lengths {lengths}: the CNN needs one length "
                         f"(give --length, or use --arch crnn)")
     if data is not None:
-        w, h = parse_size(args.img_size) if args.img_size else auto_size([im.size for im in data.images])
+        sizes = [im.size for im in data.images]
+        w, h = parse_size(args.img_size) if args.img_size else auto_size(sizes, MAX_HEIGHT[args.arch])
     else:
         w, h = parse_size(args.img_size) if args.img_size else (50, 22)
     channels = args.channels or (3 if args.arch == "cnn" else 1)

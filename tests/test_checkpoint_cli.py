@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, run_script
 from dataset import HelpFormatter, list_images, load_images, to_arrays
-from model import CLASSIC_CNN_CHANNELS, ModelConfig, build_model
+from model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
 from torch_model_predict import (CaptchaRecognizer, CheckpointError, converter_from, evaluate, load_checkpoint,
                                  model_from_checkpoint)
 
@@ -44,14 +44,20 @@ def test_round_trip_gives_the_same_predictions(cnn_ckpt, digits_dir, tmp_path):
     assert sum(p == t for p, t in zip(before, labels)) >= 0.9 * len(labels)
 
 
-def test_checkpoint_from_before_cnn_channels_loads_the_classic_widths(cnn_ckpt, digits_dir, tmp_path):
-    ckpt = load_checkpoint(cnn_ckpt)
-    args = {k: v for k, v in ckpt["model_args"].items() if k != "cnn_channels"}  # as older versions saved
-    classic = build_model(ModelConfig(**args, cnn_channels=CLASSIC_CNN_CHANNELS))
-    torch.save({**ckpt, "model_args": args, "model": classic.state_dict()}, tmp_path / "old.pth")
+@pytest.mark.parametrize("which, field, classic", [("cnn_ckpt", "cnn_channels", CLASSIC_CNN_CHANNELS),
+                                                    ("crnn_ckpt", "crnn_channels", CLASSIC_CRNN_CHANNELS)])
+def test_checkpoint_from_before_the_width_fields_loads_the_classic_widths(which, field, classic, digits_dir,
+                                                                          tmp_path, request):
+    ckpt = load_checkpoint(request.getfixturevalue(which))
+    args = {k: v for k, v in ckpt["model_args"].items() if k != field}  # as older versions saved
+    old = build_model(ModelConfig(**args, **{field: classic}))
+    torch.save({**ckpt, "model_args": args, "model": old.state_dict()}, tmp_path / "old.pth")
     rec = CaptchaRecognizer(tmp_path / "old.pth")
-    assert rec.model.features[0].out_channels == 32
-    assert len(rec.predict(sorted(digits_dir.iterdir())[0])[0]) == 4
+    assert rec.model.features[0].out_channels == classic[0] == 32
+    loaded = rec.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in old.state_dict().items())
+    text, _ = rec.predict(sorted(digits_dir.iterdir())[0])
+    assert isinstance(text, str)
 
 
 class Exploit:

@@ -9,6 +9,7 @@ from PIL import Image
 from dataset import (Augment, DataError, LabelConverter, Preprocess, augment, auto_size, image_to_array,
                      infer_alphabet, normalize, parse_label, preprocess, read_labelled, render_captcha,
                      splice, split_indices, text_span)
+from torch_model_train import make_task, parse_args
 
 
 @pytest.mark.parametrize("name,label", [
@@ -98,6 +99,16 @@ def test_preprocess_accepts_paths_bytes_pil_and_arrays(tmp_path):
 def test_auto_size_scales_tall_images_to_24():
     assert auto_size([(50, 22)] * 3 + [(60, 30)]) == (50, 22)
     assert auto_size([(200, 50)]) == (96, 24)
+    assert auto_size([(200, 50)], 32) == (128, 32)
+
+
+def test_default_input_is_96x24_colour_for_the_cnn_and_128x32_grey_for_the_crnn(tmp_path):
+    for label in ("ab12", "cd34"):
+        render_captcha(label, 0, 200, 50).save(tmp_path / f"{label}.png")
+    data = read_labelled([tmp_path])
+    for arch, spec in (("cnn", Preprocess(96, 24, 3)), ("crnn", Preprocess(128, 32, 1))):
+        _, got = make_task(parse_args(["--data", str(tmp_path), "--arch", arch]), data, None)
+        assert got == spec
 
 
 def write_bad_files(folder):
