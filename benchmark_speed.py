@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from dataset import (MAX_HEIGHT, HelpFormatter, LabelConverter, Preprocess, auto_size, infer_alphabet, list_images,
-                     load_images, parse_label)
+from dataset import (CHANNELS, MAX_HEIGHT, HelpFormatter, LabelConverter, Preprocess, auto_size, infer_alphabet,
+                     list_images, load_images, parse_label)
 from model import ModelConfig, build_model
 from torch_model_predict import CaptchaRecognizer, predict_files
 from torch_model_train import atomic_save, checkpoint_dict
@@ -135,7 +135,7 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
     rows = []
     for arch in archs:
         w, h = auto_size([im.size for im in images], MAX_HEIGHT[arch])
-        spec = Preprocess(w, h, 3 if arch == "cnn" else 1)
+        spec = Preprocess(w, h, CHANNELS[arch])
         ckpt = make_checkpoint(arch, alphabet, length, spec, workdir / f"{name}-{arch}.pth")
         rec = CaptchaRecognizer(ckpt)
         flops = forward_flops(rec.model, torch.zeros(1, spec.channels, h, w))

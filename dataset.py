@@ -137,9 +137,11 @@ class Preprocess:
     channels: int = 3  # 3: RGB, 1: grayscale
 
 
-# Default cap on the model input height per family: the CRNN read captcha-images-v2 better at
-# 128x32 than at 96x24 (README: Accuracy); the CNN keeps the classic small input.
+# Default model input per family: the cap on its height (the CRNN read captcha-images-v2
+# better at 128x32 than at 96x24, README: Accuracy; the CNN keeps the classic small input)
+# and its channels (the CNN reads colour, the CRNN grey).
 MAX_HEIGHT = {"cnn": 24, "crnn": 32}
+CHANNELS = {"cnn": 3, "crnn": 1}
 
 
 def auto_size(sizes: Sequence[tuple[int, int]], max_height: int = 24) -> tuple[int, int]:

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dataset import (MAX_HEIGHT, Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter, Preprocess,
-                     SyntheticCaptchas, augment, auto_size, infer_alphabet, normalize, read_labelled, splice,
-                     split_indices, text_span, to_arrays)
+from dataset import (CHANNELS, MAX_HEIGHT, Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter,
+                     Preprocess, SyntheticCaptchas, augment, auto_size, infer_alphabet, normalize, read_labelled,
+                     splice, split_indices, text_span, to_arrays)
 from model import ModelConfig, build_model
 from torch_model_predict import (CHECKPOINT_FORMAT, CheckpointError, evaluate, format_scores,
                                  load_checkpoint, mistakes_table, pick_device, score)
@@ -182,7 +182,7 @@ def make_task(args: argparse.Namespace, data, init: dict[str, Any] | None) -> tu
         w, h = parse_size(args.img_size) if args.img_size else auto_size(sizes, MAX_HEIGHT[args.arch])
     else:
         w, h = parse_size(args.img_size) if args.img_size else (50, 22)
-    channels = args.channels or (3 if args.arch == "cnn" else 1)
+    channels = args.channels or CHANNELS[args.arch]
     return LabelConverter(alphabet, length, ctc=args.arch == "crnn"), Preprocess(w, h, channels)
 
 
