@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (Augment, DataError, LabelConverter, Preprocess, augment, auto_size, image_to_array,
-                     infer_alphabet, normalize, parse_label, preprocess, read_labelled, render_captcha,
-                     splice, split_indices, text_span)
-from torch_model_train import make_task, parse_args
+from dataset import (Augment, ArrayDataset, DataError, LabelConverter, Preprocess, augment, auto_size,
+                     column_spread, evenly_spaced, image_to_array, infer_alphabet, normalize, parse_label,
+                     preprocess, read_labelled, render_captcha, splice, split_indices, text_span)
+from torch_model_train import default_splice, make_task, parse_args
 
 
 @pytest.mark.parametrize("name,label", [
@@ -198,7 +198,47 @@ def test_text_span_finds_the_varying_columns():
     g = torch.Generator().manual_seed(0)
     arrays = torch.randint(190, 211, (50, 1, 8, 40), generator=g, dtype=torch.uint8)  # margins: faint noise
     arrays[:, :, :, 10:30] = torch.randint(0, 256, (50, 1, 8, 20), generator=g)  # text: varies a lot
-    assert text_span(arrays) == (10.0, 30.0)
+    assert text_span(column_spread(arrays)) == (10.0, 30.0)
+
+
+def test_text_span_leaves_out_noisy_margins_beside_a_blank_edge():
+    # a blank edge column and margins varying a little over half as much as the text
+    spread = torch.tensor([0.0] + [35.0] * 4 + [60.0] * 30 + [35.0] * 4 + [0.0])
+    assert text_span(spread) == (5.0, 35.0)
+
+
+def glyph_rows(n: int, offsets: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """``n`` grey images ``(n, 1, 8, 60)``: 4 random 10-column glyphs 2 columns apart from ``offsets``."""
+    x = torch.full((n, 1, 8, 60), 200, dtype=torch.uint8)
+    for i in range(n):
+        for k in range(4):
+            c = int(offsets[i]) + 12 * k
+            x[i, :, :, c:c + 10] = torch.randint(0, 256, (1, 8, 10), generator=g)
+    return x
+
+
+def test_evenly_spaced_tells_fixed_pitch_from_shifting_text():
+    g = torch.Generator().manual_seed(0)
+    fixed = glyph_rows(90, torch.full((90,), 6), g)  # every glyph at the same place
+    moving = glyph_rows(90, torch.randint(0, 13, (90,), generator=g), g)  # text shifts per image
+    for arrays, expected in ((fixed, True), (moving, False)):
+        spread = column_spread(arrays)
+        assert evenly_spaced(spread, text_span(spread), 4) is expected
+    assert not evenly_spaced(column_spread(fixed), (6.0, 52.0), 1)  # nothing to cut
+
+
+def test_the_crnn_splices_fixed_pitch_text_only():
+    g = torch.Generator().manual_seed(0)
+    fixed = glyph_rows(90, torch.full((90,), 6), g)
+    moving = glyph_rows(90, torch.randint(0, 13, (90,), generator=g), g)
+
+    def choice(arch: str, arrays: torch.Tensor, labels: list[str]) -> float:
+        spread = column_spread(arrays)
+        return default_splice(arch, spread, text_span(spread), ArrayDataset(arrays, labels))
+    assert choice("crnn", fixed, ["1234"] * 90) == 0.5
+    assert choice("crnn", moving, ["1234"] * 90) == 0.0
+    assert choice("crnn", fixed, ["1234"] * 89 + ["12"]) == 0.0  # mixed lengths: splice cannot pair them
+    assert choice("cnn", moving, ["1234"] * 90) == 0.5
 
 
 def test_render_captcha_is_reproducible():

@@ -6,7 +6,19 @@ import torch
 
 from conftest import run_script
 from torch_model_predict import CaptchaRecognizer, load_checkpoint
-from torch_model_train import EMA, default_epochs
+from torch_model_train import EMA, default_epochs, is_best
+
+
+def test_the_second_half_of_the_schedule_picks_its_own_best_epoch():
+    def scores(seq: float, char: float) -> dict[str, float]:
+        return {"sequence_accuracy": seq, "character_accuracy": char}
+    early = scores(1.0, 1.0)  # a lucky early epoch: every validation image right
+    assert not is_best(scores(0.98, 0.99), early, 40, 95)  # still the first half
+    assert is_best(scores(0.98, 0.99), early, 48, 95)  # the second half starts afresh
+    second = scores(0.98, 0.99)
+    assert not is_best(scores(0.97, 1.0), second, 60, 95)
+    assert is_best(scores(0.98, 0.99), second, 60, 95)  # ties go to the later epoch
+    assert is_best(scores(0.5, 0.8), {"sequence_accuracy": -1.0}, 1, 1)  # a one-epoch run keeps it
 
 
 def test_default_epochs_give_small_sets_the_full_step_count():
