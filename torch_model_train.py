@@ -129,7 +129,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, choices=[1, 3], help="3 = colour, 1 = grey (default: cnn 3, crnn 1)")
     p.add_argument("--splice", type=float, default=None, metavar="P",
                    help="probability per image of swapping its text after a character boundary, with "
-                        "the label, for another image's (default: cnn 0.5, crnn 0)")
+                        "the label, for another image's (default: 0.5 for the cnn; for the crnn 0.5 on "
+                        "fixed-pitch text, else 0)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "
