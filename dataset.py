@@ -357,9 +357,16 @@ def evenly_spaced(spread: torch.Tensor, span: tuple[float, float], length: int) 
     x0, x1 = span
     if length < 2 or x1 - x0 < 2 * length:
         return False
-    cuts = [round(x0 + k * (x1 - x0) / length) for k in range(1, length)]  # as splice rounds them
+    cuts = cut_columns(span, length).tolist()
     at_cuts = torch.stack([spread[max(0, c - 1):c + 2].min() for c in cuts]).mean()
     return bool(at_cuts < 0.8 * spread[int(x0):int(x1)].mean())
+
+
+def cut_columns(span: tuple[float, float], length: int) -> torch.Tensor:
+    """Columns ``(length - 1,)`` of the boundaries between ``length`` characters evenly
+    spaced over ``span``: where ``splice`` cuts."""
+    x0, x1 = span
+    return torch.round(x0 + torch.arange(1, length) * (x1 - x0) / length).long()
 
 
 def splice(x: torch.Tensor, labels: Sequence[str], p: float, span: tuple[float, float] | None = None,
@@ -379,8 +386,7 @@ def splice(x: torch.Tensor, labels: Sequence[str], p: float, span: tuple[float, 
     use = torch.rand(b, generator=gen) < p  # (B,)
     partner = torch.randperm(b, generator=gen)  # (B,)
     k = torch.randint(1, n, (b,), generator=gen)  # boundary after character k
-    x0, x1 = span or (0.0, float(w))
-    cut = torch.round(x0 + k.float() * (x1 - x0) / n).long()  # (B,)
+    cut = cut_columns(span or (0.0, float(w)), n)[k - 1]  # (B,)
     right = (torch.arange(w).view(1, w) >= cut.view(b, 1)) & use.view(b, 1)  # (B, W)
     out = torch.where(right.view(b, 1, 1, w), x[partner], x)  # (B, C, H, W)
     new = [s[:j] + labels[i][j:] if u else s

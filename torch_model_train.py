@@ -291,14 +291,14 @@ class EMA:
 
 
 def default_splice(arch: str, spread: torch.Tensor | None, span: tuple[float, float] | None,
-                   real: torch.utils.data.Dataset) -> float:
+                   labels: Sequence[str]) -> float:
     """``--splice`` default: ``SPLICE`` for the CNN; for the CRNN only on fixed-pitch text
     (``evenly_spaced``), where the cuts fall between characters. On percent4-digits it took
     the CRNN from 85.23% to 95.08% with 100 training images; on proportionally spaced
     captcha-images-v2, where cuts go through characters, it read worse (README: Accuracy)."""
     if arch == "cnn":
         return SPLICE
-    lengths = {len(s) for s in getattr(real, "labels", [])}
+    lengths = {len(s) for s in labels}
     if spread is None or span is None or len(lengths) != 1:
         return 0.0
     return SPLICE if evenly_spaced(spread, span, lengths.pop()) else 0.0
@@ -437,7 +437,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     spread = column_spread(real.arrays) if isinstance(real, ArrayDataset) else None  # (W,)
     span = text_span(spread) if spread is not None else None  # where splice cuts
     if args.splice is None:
-        args.splice = default_splice(args.arch, spread, span, real)
+        args.splice = default_splice(args.arch, spread, span, getattr(real, "labels", []))
     if args.epochs is None:
         args.epochs = resume["config"]["epochs"] if resume else default_epochs(
             len(train_set), args.batch_size, d.world)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (Augment, ArrayDataset, DataError, LabelConverter, Preprocess, augment, auto_size,
+from dataset import (Augment, DataError, LabelConverter, Preprocess, augment, auto_size,
                      column_spread, evenly_spaced, image_to_array, infer_alphabet, normalize, parse_label,
                      preprocess, read_labelled, render_captcha, splice, split_indices, text_span)
 from torch_model_train import default_splice, make_task, parse_args
@@ -234,7 +234,7 @@ def test_the_crnn_splices_fixed_pitch_text_only():
 
     def choice(arch: str, arrays: torch.Tensor, labels: list[str]) -> float:
         spread = column_spread(arrays)
-        return default_splice(arch, spread, text_span(spread), ArrayDataset(arrays, labels))
+        return default_splice(arch, spread, text_span(spread), labels)
     assert choice("crnn", fixed, ["1234"] * 90) == 0.5
     assert choice("crnn", moving, ["1234"] * 90) == 0.0
     assert choice("crnn", fixed, ["1234"] * 89 + ["12"]) == 0.0  # mixed lengths: splice cannot pair them
