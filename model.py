@@ -38,7 +38,9 @@ class ModelConfig:
     # cost about 60% of the compute, which pays for a 128x32 instead of a 96x24 input
     # (dataset.MAX_HEIGHT): it reads captcha-images-v2 better (README: Accuracy)
     crnn_channels: tuple[int, ...] = (16, 32, 64, 64, 128, 128)
-    rnn_hidden: int = 128  # CRNN: GRU hidden size per direction
+    # CRNN: GRU hidden size per direction. 96 instead of 128 makes the GRU 44% cheaper and folder
+    # prediction faster at the same accuracy (README: Prediction speed)
+    rnn_hidden: int = 96
 
 
 def conv_block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:

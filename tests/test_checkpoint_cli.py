@@ -44,20 +44,34 @@ def test_round_trip_gives_the_same_predictions(cnn_ckpt, digits_dir, tmp_path):
     assert sum(p == t for p, t in zip(before, labels)) >= 0.9 * len(labels)
 
 
+def load_as_saved(ckpt: dict, saved_args: dict, build_args: dict, image, tmp_path) -> CaptchaRecognizer:
+    """Save weights built from ``build_args`` with ``saved_args`` as model_args, as an older version
+    would have; load them; check the weights came back and the model reads an image."""
+    old = build_model(ModelConfig(**build_args))
+    torch.save({**ckpt, "model_args": saved_args, "model": old.state_dict()}, tmp_path / "old.pth")
+    rec = CaptchaRecognizer(tmp_path / "old.pth")
+    loaded = rec.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in old.state_dict().items())
+    assert isinstance(rec.predict(image)[0], str)
+    return rec
+
+
 @pytest.mark.parametrize("which, field, classic", [("cnn_ckpt", "cnn_channels", CLASSIC_CNN_CHANNELS),
                                                     ("crnn_ckpt", "crnn_channels", CLASSIC_CRNN_CHANNELS)])
 def test_checkpoint_from_before_the_width_fields_loads_the_classic_widths(which, field, classic, digits_dir,
                                                                           tmp_path, request):
     ckpt = load_checkpoint(request.getfixturevalue(which))
     args = {k: v for k, v in ckpt["model_args"].items() if k != field}  # as older versions saved
-    old = build_model(ModelConfig(**args, **{field: classic}))
-    torch.save({**ckpt, "model_args": args, "model": old.state_dict()}, tmp_path / "old.pth")
-    rec = CaptchaRecognizer(tmp_path / "old.pth")
+    rec = load_as_saved(ckpt, args, {**args, field: classic}, sorted(digits_dir.iterdir())[0], tmp_path)
     assert rec.model.features[0].out_channels == classic[0] == 32
-    loaded = rec.model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in old.state_dict().items())
-    text, _ = rec.predict(sorted(digits_dir.iterdir())[0])
-    assert isinstance(text, str)
+
+
+def test_crnn_checkpoint_keeps_its_own_gru_size(crnn_ckpt, digits_dir, tmp_path):
+    ckpt = load_checkpoint(crnn_ckpt)
+    assert ckpt["model_args"]["rnn_hidden"] == ModelConfig().rnn_hidden == 96
+    args = {**ckpt["model_args"], "rnn_hidden": 128}  # saved when 128 was the default
+    rec = load_as_saved(ckpt, args, args, sorted(digits_dir.iterdir())[0], tmp_path)
+    assert rec.model.rnn.hidden_size == 128
 
 
 class Exploit:
