@@ -217,10 +217,15 @@ def glyph_rows(n: int, offsets: torch.Tensor, g: torch.Generator) -> torch.Tenso
     return x
 
 
-def test_evenly_spaced_tells_fixed_pitch_from_shifting_text():
+def fixed_and_moving() -> tuple[torch.Tensor, torch.Tensor]:
+    """90 fixed-pitch images (every glyph at the same place) and 90 whose text shifts per image."""
     g = torch.Generator().manual_seed(0)
-    fixed = glyph_rows(90, torch.full((90,), 6), g)  # every glyph at the same place
-    moving = glyph_rows(90, torch.randint(0, 13, (90,), generator=g), g)  # text shifts per image
+    fixed = glyph_rows(90, torch.full((90,), 6), g)
+    return fixed, glyph_rows(90, torch.randint(0, 13, (90,), generator=g), g)
+
+
+def test_evenly_spaced_tells_fixed_pitch_from_shifting_text():
+    fixed, moving = fixed_and_moving()
     for arrays, expected in ((fixed, True), (moving, False)):
         spread = column_spread(arrays)
         assert evenly_spaced(spread, text_span(spread), 4) is expected
@@ -228,9 +233,7 @@ def test_evenly_spaced_tells_fixed_pitch_from_shifting_text():
 
 
 def test_the_crnn_splices_fixed_pitch_text_only():
-    g = torch.Generator().manual_seed(0)
-    fixed = glyph_rows(90, torch.full((90,), 6), g)
-    moving = glyph_rows(90, torch.randint(0, 13, (90,), generator=g), g)
+    fixed, moving = fixed_and_moving()
 
     def choice(arch: str, arrays: torch.Tensor, labels: list[str]) -> float:
         spread = column_spread(arrays)
