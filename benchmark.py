@@ -62,8 +62,11 @@ def run_one(files: Sequence[Path], test: Sequence[Path], arch: str, seed: int, w
 
 
 def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
+    """``score`` on ``test``, plus ``wrong``: the misread files as ``name->prediction``."""
     results = predict_files(rec, test)
-    return score([r["prediction"] for r in results], [parse_label(r["path"]) for r in results])
+    labels = [parse_label(r["path"]) for r in results]
+    wrong = [f"{Path(r['path']).name}->{r['prediction']}" for r, t in zip(results, labels) if r["prediction"] != t]
+    return {**score([r["prediction"] for r in results], labels), "wrong": wrong}
 
 
 def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], test: Sequence[Path]) -> float | None:
@@ -148,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         train_files, test = split_files(files, seed, n)
                         runs.append(run_one(train_files, test, arch, seed, workdir, extra))
                         print(f"  {name} {arch} n={len(train_files)} seed {seed}: "
-                              f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s",
-                              file=sys.stderr)
+                              f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s; "
+                              f"wrong: {' '.join(runs[-1]['wrong']) or 'none'}", file=sys.stderr)
                     label = f"{arch} {args.train_args}".strip()
                     rows.append((name, label, str(len(train_files)), args.seeds, summarize(runs)))
             dd = [ddddocr_scores(split_files(files, seed, None)[1], alphabet) for seed in args.seeds]

@@ -304,7 +304,16 @@ class Augment:
     brightness: float = 0.2
     contrast: float = 0.25
     noise: float = 0.04
-    lines: float = 0.3  # probability of one random line
+    lines: float = 0.3  # probability of each random stroke
+    strokes: int = 1  # strokes drawn (each with probability ``lines``)
+    arcs: float = 0.0  # share of the strokes that are circle arcs instead of straight lines
+    width: float = 1.0  # strokes are 1 to ``width`` pixels wide
+
+
+# The CNN's position heads are misled by noise strokes crossing a digit, as on the real
+# percent4-digits captchas: two strokes, half of them arcs, up to 2 pixels wide, took its
+# mistakes on 3 x 149 test captchas from 10 to 4 (README: Accuracy)
+CNN_AUGMENT = Augment(lines=0.5, strokes=2, arcs=0.5, width=2.0)
 
 
 def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -328,7 +337,7 @@ def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator | None = None) -
     if c == 3:
         x = x + u(b, 3, 1, 1) * aug.brightness * 0.5  # per-channel colour shift
     if aug.lines > 0:
-        x = _draw_lines(x, aug.lines, gen)
+        x = _draw_strokes(x, aug, gen)
     x = x + torch.randn(x.shape, generator=gen) * aug.noise
     return x.clamp_(-1, 1).contiguous(memory_format=torch.channels_last)
 
@@ -394,18 +403,34 @@ def splice(x: torch.Tensor, labels: Sequence[str], p: float, span: tuple[float, 
     return out.contiguous(memory_format=torch.channels_last), new
 
 
-def _draw_lines(x: torch.Tensor, p: float, gen: torch.Generator | None) -> torch.Tensor:
-    """With probability ``p`` per image, one thin random line of random intensity."""
+def _draw_strokes(x: torch.Tensor, aug: Augment, gen: torch.Generator | None) -> torch.Tensor:
+    """``aug.strokes`` times, with probability ``aug.lines`` per image, a thin stroke of random
+    intensity: a straight line or (share ``aug.arcs``) an arc of a circle."""
     b, c, h, w = x.shape
     ys = torch.linspace(-1, 1, h).view(1, h, 1)
     xs = torch.linspace(-1, 1, w).view(1, 1, w)
     r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    y0, slope = (r(b) * 1.6 - 0.8).view(b, 1, 1), (r(b) - 0.5).view(b, 1, 1)
-    dist = (ys - (y0 + slope * xs)).abs()  # (B, H, W)
-    mask = (dist < 1.0 / h).float() * (r(b) < p).float().view(b, 1, 1)
-    value = (r(b, c) * 2 - 1).view(b, c, 1, 1)
-    mask = mask.unsqueeze(1)  # (B, 1, H, W)
-    return x * (1 - mask) + value * mask
+    for _ in range(aug.strokes):
+        y0, slope = (r(b) * 1.6 - 0.8).view(b, 1, 1), (r(b) - 0.5).view(b, 1, 1)
+        dist = (ys - (y0 + slope * xs)).abs()  # (B, H, W), in units of half the height
+        if aug.arcs > 0:
+            arc = _arc_distance(ys, xs * (w / h), b, r)  # (B, H, W)
+            dist = torch.where((r(b) < aug.arcs).view(b, 1, 1), arc, dist)
+        half = 1.0 if aug.width <= 1 else (1 + r(b) * (aug.width - 1)).view(b, 1, 1)  # pixels
+        mask = (dist < half / h).float() * (r(b) < aug.lines).float().view(b, 1, 1)
+        value = (r(b, c) * 2 - 1).view(b, c, 1, 1)
+        mask = mask.unsqueeze(1)  # (B, 1, H, W)
+        x = x * (1 - mask) + value * mask
+    return x
+
+
+def _arc_distance(ys: torch.Tensor, xs: torch.Tensor, b: int, r) -> torch.Tensor:
+    """Distance ``(B, H, W)`` of each pixel from a random circle per image (centre anywhere
+    over the image, radius 0.25 to 1.25 image heights); ``xs`` in the units of ``ys``."""
+    cx = ((r(b) * 2 - 1) * xs.max()).view(b, 1, 1)
+    cy = (r(b) * 2 - 1).view(b, 1, 1)
+    rad = (0.5 + r(b) * 2).view(b, 1, 1)
+    return (((xs - cx) ** 2 + (ys - cy) ** 2).sqrt() - rad).abs()
 
 
 # -------------------------------------------------------------------------- datasets

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dataset import (CHANNELS, MAX_HEIGHT, Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter,
+from dataset import (CHANNELS, CNN_AUGMENT, MAX_HEIGHT, Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter,
                      Preprocess, SyntheticCaptchas, augment, auto_size, infer_alphabet, normalize, read_labelled,
                      column_spread, evenly_spaced, splice, split_indices, text_span, to_arrays)
 from model import ModelConfig, build_model
@@ -305,6 +305,12 @@ def default_splice(arch: str, spread: torch.Tensor | None, span: tuple[float, fl
     return SPLICE if evenly_spaced(spread, span, lengths.pop()) else 0.0
 
 
+def default_augment(arch: str) -> Augment:
+    """Training augmentation: ``CNN_AUGMENT``'s two strokes (lines or arcs) for the CNN; the
+    CRNN keeps one straight line, the recipe its accuracy was measured with (README: Accuracy)."""
+    return CNN_AUGMENT if arch == "cnn" else Augment()
+
+
 def default_epochs(n_train: int, batch: int, world: int, target_steps: int = DEFAULT_STEPS) -> int:
     """Enough epochs for about ``target_steps`` optimizer steps, and at least ``MIN_EPOCHS``.
 
@@ -347,7 +353,7 @@ def train_epoch(model, loader, opt, sched, conv: LabelConverter, args, device, e
                 span: tuple[float, float] | None = None) -> tuple[float, list[float], int]:
     """One pass over the loader; returns summed loss, summed per-head losses, batches."""
     model.train()
-    aug = None if args.no_augment else Augment()
+    aug = None if args.no_augment else default_augment(args.arch)
     gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 1009 + int(os.environ.get("RANK", 0)))
     total, heads, batches = 0.0, [], 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=None if show else True,

@@ -28,6 +28,12 @@ def test_accuracy_benchmark_quick():
             assert re.fullmatch(r"\d+\.\d\d% / \d+\.\d\d%", row[5])
             assert len(row[6].split(" / ")) == 4 and row[9].endswith(" s") and row[10].endswith(" MB")
             assert re.fullmatch(r"\d+\.\d\d%", row[8]) or (row[8] == "n/a" and not has_onnx())
+    for arch in ("cnn", "crnn"):  # each seed's line names its misread test files, as many as it got wrong
+        line = next(ln for ln in r.stderr.splitlines() if f" {arch} n=48 seed 0: " in ln)
+        acc, wrong = re.search(r": (\d+\.\d\d)% in .*; wrong: (.*)$", line).groups()
+        names = [] if wrong == "none" else wrong.split()
+        assert all(re.fullmatch(r"\d{4}\.png->\S*", n) for n in names)
+        assert len(names) == round(12 * (1 - float(acc) / 100))
 
 
 def test_accuracy_benchmark_passes_train_args_to_training():

@@ -174,6 +174,32 @@ def test_augment_keeps_shape_and_range_and_changes_pixels():
     assert torch.allclose(still, x, atol=1e-5)  # all strengths 0: identity
 
 
+def stroke_marks(**stroke: float) -> torch.Tensor:
+    """Pixels ``(N, H, W)`` that strokes alone (every other strength 0) drew on blank images."""
+    x = torch.zeros(64, 3, 22, 50)
+    y = augment(x, Augment(0, 0, 0, 0, 0, 0, 0, lines=1.0, **stroke), torch.Generator().manual_seed(0))
+    return (y != 0).any(1)
+
+
+def off_line(marks: torch.Tensor) -> float:
+    """Mean distance in rows of the marked pixels from each image's least-squares line."""
+    out = []
+    for m in marks:
+        rows, cols = m.nonzero(as_tuple=True)
+        if len(rows) >= 10:
+            a = torch.stack([cols.float(), torch.ones(len(cols))], 1)  # (n, 2)
+            fit = torch.linalg.lstsq(a, rows.float().unsqueeze(1)).solution
+            out.append((a @ fit).squeeze(1).sub(rows).abs().mean())
+    return float(torch.stack(out).mean())
+
+
+def test_strokes_count_width_and_arcs():
+    one = stroke_marks().sum().item()
+    assert stroke_marks(strokes=2).sum().item() > 1.6 * one
+    assert stroke_marks(width=2.0).sum().item() > 1.3 * one
+    assert off_line(stroke_marks(arcs=1.0)) > 3 * off_line(stroke_marks())
+
+
 def test_splice_moves_pixels_and_label_suffix_together():
     b, w, n = 8, 40, 4
     x = torch.arange(b, dtype=torch.float).view(b, 1, 1, 1).expand(b, 1, 3, w).contiguous()  # image i is all i
