@@ -9,7 +9,7 @@ from PIL import Image
 from dataset import (Augment, DataError, LabelConverter, Preprocess, augment, auto_size,
                      column_spread, evenly_spaced, image_to_array, infer_alphabet, normalize, parse_label,
                      preprocess, read_labelled, render_captcha, splice, split_indices, text_span)
-from torch_model_train import default_splice, make_task, parse_args
+from torch_model_train import default_augment, default_splice, make_task, parse_args
 
 
 @pytest.mark.parametrize("name,label", [
@@ -198,6 +198,28 @@ def test_strokes_count_width_and_arcs():
     assert stroke_marks(strokes=2).sum().item() > 1.6 * one
     assert stroke_marks(width=2.0).sum().item() > 1.3 * one
     assert off_line(stroke_marks(arcs=1.0)) > 3 * off_line(stroke_marks())
+
+
+def test_strokes_flag_picks_the_stroke_augmentation():
+    def drawn(*argv: str) -> int:
+        args = parse_args(["--data", "x", *argv])
+        return int(stroke_marks(**{k: getattr(default_augment(args.arch, args.strokes), k)
+                                   for k in ("strokes", "arcs", "width")}).sum())
+    line, arcs = drawn("--strokes", "line"), drawn("--strokes", "arcs")
+    assert arcs > 2 * line
+    assert drawn() == arcs and drawn("--arch", "crnn") == line  # auto: arcs for the CNN only
+    assert drawn("--arch", "crnn", "--strokes", "arcs") == arcs
+
+
+def test_training_draws_the_strokes_it_was_given(digits_dir, tmp_path, monkeypatch):
+    import torch_model_train
+    seen = []
+    monkeypatch.setattr(torch_model_train, "augment", lambda x, aug, gen: seen.append(aug) or x)
+    for flag in ("line", "arcs"):
+        torch_model_train.train(parse_args(["--data", str(digits_dir), "--epochs", "1", "--strokes", flag,
+                                            "--plot", "none", "--out", str(tmp_path / "m.pth")]))
+        assert seen and all(a == default_augment("cnn", flag) for a in seen)
+        seen.clear()
 
 
 def test_splice_moves_pixels_and_label_suffix_together():
