@@ -310,9 +310,10 @@ class Augment:
     width: float = 1.0  # strokes are 1 to ``width`` pixels wide
 
 
-# The CNN's position heads are misled by noise strokes crossing a digit, as on the real
-# percent4-digits captchas: two strokes, half of them arcs, up to 2 pixels wide, took its
-# mistakes on 3 x 149 test captchas from 10 to 4 (README: Accuracy)
+# ``--strokes arcs`` (the CNN's default): the CNN's position heads were misled by noise
+# strokes crossing a digit, as on the real percent4-digits captchas; two strokes, half of
+# them arcs, up to 2 pixels wide, took its mistakes on 3 x 149 test captchas from 10 to 4
+# (README: Accuracy)
 CNN_AUGMENT = Augment(lines=0.5, strokes=2, arcs=0.5, width=2.0)
 
 
@@ -410,6 +411,8 @@ def _draw_strokes(x: torch.Tensor, aug: Augment, gen: torch.Generator | None) ->
     ys = torch.linspace(-1, 1, h).view(1, h, 1)
     xs = torch.linspace(-1, 1, w).view(1, 1, w)
     r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    # arcs and widths draw random numbers only when asked for, so ``Augment()`` (one 1-pixel
+    # line) draws exactly what it did before they existed: the CRNN's README numbers still hold
     for _ in range(aug.strokes):
         y0, slope = (r(b) * 1.6 - 0.8).view(b, 1, 1), (r(b) - 0.5).view(b, 1, 1)
         dist = (ys - (y0 + slope * xs)).abs()  # (B, H, W), in units of half the height
