@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dataset import (CHANNELS, CNN_AUGMENT, MAX_HEIGHT, Augment, ArrayDataset, DataError, HelpFormatter, LabelConverter,
+from dataset import (CHANNELS, MAX_HEIGHT, STROKES, ArrayDataset, DataError, HelpFormatter, LabelConverter,
                      Preprocess, SyntheticCaptchas, augment, auto_size, infer_alphabet, normalize, read_labelled,
                      column_spread, evenly_spaced, splice, split_indices, text_span, to_arrays)
 from model import ModelConfig, build_model
@@ -131,9 +131,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="probability per image of swapping its text after a character boundary, with "
                         "the label, for another image's (default: 0.5 for the cnn; for the crnn 0.5 on "
                         "fixed-pitch text, else 0)")
-    p.add_argument("--strokes", choices=["auto", "arcs", "line"], default="auto",
+    p.add_argument("--strokes", choices=list(STROKES), default="arcs",
                    help="noise strokes drawn across training images: 'arcs' = two, lines or circle arcs "
-                        "1-2 pixels wide; 'line' = one straight line; auto: arcs for the cnn, line for the crnn")
+                        "1-2 pixels wide; 'line' = one straight line")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "
@@ -308,15 +308,6 @@ def default_splice(arch: str, spread: torch.Tensor | None, span: tuple[float, fl
     return SPLICE if evenly_spaced(spread, span, lengths.pop()) else 0.0
 
 
-def default_augment(arch: str, strokes: str = "auto") -> Augment:
-    """Training augmentation for ``--strokes``: "arcs" is ``CNN_AUGMENT``'s two strokes (lines or
-    circle arcs), "line" one straight line. "auto" gives the CNN arcs; the CRNN keeps the line,
-    the recipe its README numbers were measured with (README: Accuracy)."""
-    if strokes == "auto":
-        strokes = "arcs" if arch == "cnn" else "line"
-    return CNN_AUGMENT if strokes == "arcs" else Augment()
-
-
 def default_epochs(n_train: int, batch: int, world: int, target_steps: int = DEFAULT_STEPS) -> int:
     """Enough epochs for about ``target_steps`` optimizer steps, and at least ``MIN_EPOCHS``.
 
@@ -359,7 +350,7 @@ def train_epoch(model, loader, opt, sched, conv: LabelConverter, args, device, e
                 span: tuple[float, float] | None = None) -> tuple[float, list[float], int]:
     """One pass over the loader; returns summed loss, summed per-head losses, batches."""
     model.train()
-    aug = None if args.no_augment else default_augment(args.arch, args.strokes)
+    aug = None if args.no_augment else STROKES[args.strokes]
     gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 1009 + int(os.environ.get("RANK", 0)))
     total, heads, batches = 0.0, [], 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=None if show else True,

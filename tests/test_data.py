@@ -8,8 +8,8 @@ from PIL import Image
 
 from dataset import (Augment, DataError, LabelConverter, Preprocess, augment, auto_size,
                      column_spread, evenly_spaced, image_to_array, infer_alphabet, normalize, parse_label,
-                     preprocess, read_labelled, render_captcha, splice, split_indices, text_span)
-from torch_model_train import default_augment, default_splice, make_task, parse_args
+                     STROKES, preprocess, read_labelled, render_captcha, splice, split_indices, text_span)
+from torch_model_train import default_splice, make_task, parse_args
 
 
 @pytest.mark.parametrize("name,label", [
@@ -202,24 +202,22 @@ def test_strokes_count_width_and_arcs():
 
 def test_strokes_flag_picks_the_stroke_augmentation():
     def drawn(*argv: str) -> int:
-        args = parse_args(["--data", "x", *argv])
-        return int(stroke_marks(**{k: getattr(default_augment(args.arch, args.strokes), k)
-                                   for k in ("strokes", "arcs", "width")}).sum())
+        aug = STROKES[parse_args(["--data", "x", *argv]).strokes]
+        return int(stroke_marks(**{k: getattr(aug, k) for k in ("strokes", "arcs", "width")}).sum())
     line, arcs = drawn("--strokes", "line"), drawn("--strokes", "arcs")
     assert arcs > 2 * line
-    assert drawn() == arcs and drawn("--arch", "crnn") == line  # auto: arcs for the CNN only
-    assert drawn("--arch", "crnn", "--strokes", "arcs") == arcs
+    assert drawn() == arcs and drawn("--arch", "crnn") == arcs  # the default for both families
+    assert drawn("--arch", "crnn", "--strokes", "line") == line
 
 
-def test_training_draws_the_strokes_it_was_given(digits_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("argv, strokes", [(["--strokes", "line"], "line"), (["--arch", "crnn"], "arcs")])
+def test_training_draws_the_strokes_it_was_given(digits_dir, tmp_path, monkeypatch, argv, strokes):
     import torch_model_train
     seen = []
     monkeypatch.setattr(torch_model_train, "augment", lambda x, aug, gen: seen.append(aug) or x)
-    for flag in ("line", "arcs"):
-        torch_model_train.train(parse_args(["--data", str(digits_dir), "--epochs", "1", "--strokes", flag,
-                                            "--plot", "none", "--out", str(tmp_path / "m.pth")]))
-        assert seen and all(a == default_augment("cnn", flag) for a in seen)
-        seen.clear()
+    torch_model_train.train(parse_args(["--data", str(digits_dir), "--epochs", "1", *argv,
+                                        "--plot", "none", "--out", str(tmp_path / "m.pth")]))
+    assert seen and all(a == STROKES[strokes] for a in seen)
 
 
 def test_splice_moves_pixels_and_label_suffix_together():
