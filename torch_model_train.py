@@ -138,13 +138,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "
                         "when there is no --data)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="DataLoader worker processes (default: up to 4, one per core, on CUDA or with "
                         "--synthetic; else 0)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                    help="mixed precision on CUDA (auto: bf16 if supported, else fp16); CPU runs fp32")
-    p.add_argument("--show-errors", type=int, default=10, help="validation mistakes shown at the end")
-    p.add_argument("--plot", default="auto", help="training-curve PNG (auto: <out>.png; 'none' to skip)")
+    p.add_argument("--show-errors", type=int, default=10, metavar="N", help="validation mistakes shown at the end")
+    p.add_argument("--plot", default="auto", metavar="PNG", help="training-curve PNG (auto: <out>.png; 'none' to skip)")
     args = p.parse_args(argv)
     if args.data is None:
         args.data = [] if args.synthetic and args.alphabet and args.length else ["train_images"]
