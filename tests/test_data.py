@@ -206,6 +206,8 @@ def test_strokes_flag_picks_the_stroke_augmentation():
         return int(stroke_marks(**{k: getattr(aug, k) for k in ("strokes", "arcs", "width")}).sum())
     line, arcs = drawn("--strokes", "line"), drawn("--strokes", "arcs")
     assert arcs > 2 * line
+    curved = lambda name: off_line(stroke_marks(arcs=STROKES[name].arcs))  # noqa: E731  one stroke each
+    assert curved("arcs") > 3 * curved("line")  # "arcs" bends some strokes, "line" none
     assert drawn() == arcs and drawn("--arch", "crnn") == arcs  # the default for both families
     assert drawn("--arch", "crnn", "--strokes", "line") == line
 
