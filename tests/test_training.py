@@ -29,6 +29,12 @@ def test_default_epochs_give_small_sets_the_full_step_count():
     assert default_epochs(674, 32, 2, 1600) == 146  # per-process batches under DDP: 11 steps
 
 
+def test_default_epochs_give_the_smallest_sets_more_steps():
+    assert default_epochs(90, 32, 1) == 800  # 100 labelled images: 2400 steps
+    assert default_epochs(180, 32, 1) == 267  # 200 labelled images: 1600 steps
+    assert default_epochs(3600, 32, 1) == 32  # 113 steps per epoch: MIN_EPOCHS rules
+
+
 def test_ema_averages_weights_and_copies_counters():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     ema = EMA(model, decay=0.9)
