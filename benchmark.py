@@ -64,9 +64,9 @@ def run_one(files: Sequence[Path], test: Sequence[Path], arch: str, seed: int, w
 def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
     """``score`` on ``test``, plus ``wrong``: the misread files as ``name->prediction``."""
     results = predict_files(rec, test)
-    labels = [parse_label(r["path"]) for r in results]
-    wrong = [f"{Path(r['path']).name}->{r['prediction']}" for r, t in zip(results, labels) if r["prediction"] != t]
-    return {**score([r["prediction"] for r in results], labels), "wrong": wrong}
+    preds, labels = [r["prediction"] for r in results], [parse_label(r["path"]) for r in results]
+    wrong = [f"{Path(r['path']).name}->{p}" for r, p, t in zip(results, preds, labels) if p != t]
+    return {**score(preds, labels), "wrong": wrong}
 
 
 def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], test: Sequence[Path]) -> float | None:
