@@ -14,13 +14,17 @@ best epoch. The table gives whole-captcha accuracy mean and worst over seeds, pe
 and character accuracy (means), the mean accuracy of the int8 ONNX export (calibrated on the
 training images; needs onnx and onnxruntime), training wall time and model size. If ddddocr
 is installed, its zero-shot reading of the same test splits is added, restricted to the
-dataset's alphabet.
+dataset's alphabet. A ``Machine:`` line after the table names the CPU and the vector kernels
+PyTorch used: reruns on the same machine give the same results, on other CPUs a few test
+images can differ.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import os
+import platform
 import random
 import shlex
 import statistics
@@ -29,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
 
 from dataset import HelpFormatter, infer_alphabet, list_images, parse_label, split_indices
 from torch_model_predict import CaptchaRecognizer, predict_files, score
@@ -78,6 +84,22 @@ def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], 
     except ImportError:
         return None
     return test_score(CaptchaRecognizer(int8), test)["sequence_accuracy"]
+
+
+def machine() -> str:
+    """One line naming what a table was measured on: CPU, cores, PyTorch and the kernels it picked.
+
+    Training follows a different floating-point path on CPUs with other vector kernels (AVX2,
+    AVX512), so accuracies rerun elsewhere can differ by a few test images.
+    """
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"Machine: {cpu}, {os.cpu_count()} cores, PyTorch {torch.__version__} "
+            f"({torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} threads){gpu}")
 
 
 def ddddocr_scores(test: Sequence[Path], alphabet: str) -> dict[str, Any] | None:
@@ -159,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if all(dd):
                 rows.append((name, "ddddocr (zero-shot)", "0", args.seeds, summarize(dd)))
         print_table(rows)
+        print(f"\n{machine()}")
     return 0
 
 

@@ -28,14 +28,12 @@ from typing import Any, Sequence
 
 import torch
 
+from benchmark import DATASETS, machine
 from dataset import (CHANNELS, MAX_HEIGHT, HelpFormatter, LabelConverter, Preprocess, auto_size, infer_alphabet,
                      list_images, load_images, parse_label)
 from model import ModelConfig, build_model
 from torch_model_predict import CaptchaRecognizer, predict_files
 from torch_model_train import atomic_save, checkpoint_dict
-
-DATASETS = {"percent4-digits": "../shared/data/percent4-digits",
-            "captcha-images-v2": "../shared/data/captcha-images-v2"}
 
 
 def matmul_peak(seconds: float = 1.0, n: int = 1024) -> float:
@@ -168,7 +166,8 @@ def print_table(rows: list[dict[str, Any]], peak: float) -> None:
         print(f"| {r['dataset']} | {r['arch']} | {r['backend']} | {r['input']} | {r['images']} | {r['img_s']:.0f} | "
               f"{r['ms_img']:.2f} | {r['latency_ms']:.2f} | {r['mflops']:.0f} | {r['peak_pct']:.0f}% | {dd} | {ratio} |")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nfp32 matmul peak measured: {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads; "
+    print(f"\n{machine()}")
+    print(f"fp32 matmul peak measured: {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads; "
           f"peak memory (RSS) of this process: {rss:.0f} MB")
 
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+
+import torch
 
 from conftest import run_script
 
@@ -10,6 +13,15 @@ from conftest import run_script
 def table_rows(stdout: str) -> list[list[str]]:
     rows = [line.strip("|").split("|") for line in stdout.splitlines() if line.startswith("| ")]
     return [[c.strip() for c in r] for r in rows[1:]]  # without the header
+
+
+def assert_names_machine(stdout: str) -> None:
+    """The output has a line naming the machine the numbers were measured on."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("Machine: ")]
+    assert len(lines) == 1, stdout[-2000:]
+    line = lines[0]
+    assert f", {os.cpu_count()} cores, PyTorch {torch.__version__} " in line
+    assert f"({torch.backends.cpu.get_cpu_capability()} kernels, " in line
 
 
 def has_onnx() -> bool:
@@ -34,6 +46,7 @@ def test_accuracy_benchmark_quick():
         names = [] if wrong == "none" else wrong.split()
         assert all(re.fullmatch(r"\d{4}\.png->\S*", n) for n in names)
         assert len(names) == round(12 * (1 - float(acc) / 100))
+    assert_names_machine(r.stdout)
 
 
 def test_accuracy_benchmark_passes_train_args_to_training():
@@ -51,3 +64,4 @@ def test_speed_benchmark_quick():
         assert row[3] == "50x22x3" and float(row[5]) > 0 and float(row[7]) > 0
         assert 35 < float(row[8]) < 45  # about 39 MFLOP per 50x22 image for the default CNN
     assert "fp32 matmul peak measured" in r.stdout
+    assert_names_machine(r.stdout)
