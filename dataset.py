@@ -40,11 +40,11 @@ class DataError(ValueError):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows each flag's default, unless its help text already says it or it is None."""
+    """``--help`` shows each flag's default, unless its help text already says it or it is None or ''."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        return text if "(default" in text or action.default is None else super()._get_help_string(action)
+        return text if "(default" in text or action.default in (None, "") else super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------------- labels
@@ -252,10 +252,10 @@ class LabelledImages:
     paths: list[Path]
 
 
-def read_labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = None) -> LabelledImages:
-    """Labelled images from folders/files; unlabelled names and unreadable files are skipped.
+def labelled_files(inputs: Sequence[str | os.PathLike], alphabet: str | None = None) -> list[Path]:
+    """The image files whose names are labels; warns once about the others.
 
-    Raises ``DataError`` if nothing usable remains.
+    Raises ``DataError`` if there are no images, or no name is a label.
     """
     files = list_images(inputs)
     where = ", ".join(map(str, inputs))
@@ -266,7 +266,16 @@ def read_labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = No
     if len(unlabelled) == len(files):
         raise DataError(f"none of the {len(files)} file names in {where} is a label: {LABEL_HELP}")
     warn_skipped(unlabelled, "unlabelled file")
-    keep = [f for f, lab in labelled if lab is not None]
+    return [f for f, lab in labelled if lab is not None]
+
+
+def read_labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = None) -> LabelledImages:
+    """Labelled images from folders/files; unlabelled names and unreadable files are skipped.
+
+    Raises ``DataError`` if nothing usable remains.
+    """
+    keep = labelled_files(inputs, alphabet)
+    where = ", ".join(map(str, inputs))
     images, ok = load_images(keep)
     if not images:
         raise DataError(f"none of the {len(keep)} labelled images in {where} could be read")

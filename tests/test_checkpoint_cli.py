@@ -219,12 +219,14 @@ def test_help_shows_each_default_once():
     p.add_argument("--a", type=int, default=3, help="plain")
     p.add_argument("--b", default=None, help="computed later")
     p.add_argument("--c", default="x", help="own wording (default: the folder's)")
+    p.add_argument("--d", default="", help="empty")
     text = " ".join(p.format_help().split())
-    assert "plain (default: 3)" in text and "(default: None)" not in text
+    assert "plain (default: 3)" in text and "(default: None)" not in text and "(default: )" not in text
     assert "(default: the folder's)" in text and "(default: x)" not in text
 
 
-@pytest.mark.parametrize("script", ["torch_model_train.py", "torch_model_predict.py", "torch_model_export.py"])
+@pytest.mark.parametrize("script", ["torch_model_train.py", "torch_model_predict.py", "torch_model_export.py",
+                                    "check_labels.py"])
 def test_script_help_lists_defaults(script):
     r = run_script(script, "--help")
     text = " ".join(r.stdout.split())

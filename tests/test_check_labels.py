@@ -1,0 +1,84 @@
+"""check_labels.py: every image is read by a fold model that did not train on it; disagreements are listed."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import check_labels
+from check_labels import fold_files, suspects
+from conftest import run_script
+from dataset import DataError, parse_label
+
+
+def test_fold_files_split_every_file_into_exactly_one_part():
+    files = [Path(f"{i:04d}.png") for i in range(23)]
+    parts = fold_files(files, 5, seed=0)
+    assert len(parts) == 5
+    assert sorted(f for p in parts for f in p) == files  # each file once
+    assert {len(p) for p in parts} == {4, 5}
+    assert fold_files(files, 5, seed=0) == parts and fold_files(files, 5, seed=1) != parts
+    for bad in (1, 24):
+        with pytest.raises(DataError, match="--folds"):
+            fold_files(files, bad, seed=0)
+
+
+def test_cross_read_never_reads_an_image_with_a_model_trained_on_it(monkeypatch, tmp_path):
+    files = [Path(f"{i:04d}.png") for i in range(10)]
+    trained_on: dict[str, set[str]] = {}
+
+    def fake_train(args):
+        trained_on[args.out] = set(args.data)
+        assert args.arch == "crnn" and args.epochs == 3  # --arch and the extra flags reach training
+
+    def fake_predict(rec, held):
+        assert not trained_on[rec] & {str(f) for f in held}
+        return [{"path": str(f), "prediction": f.stem, "confidence": 1.0, "label": f.stem, "correct": True}
+                for f in held]
+
+    monkeypatch.setattr(check_labels, "train", fake_train)
+    monkeypatch.setattr(check_labels, "CaptchaRecognizer", str)
+    monkeypatch.setattr(check_labels, "predict_files", fake_predict)
+    results = check_labels.cross_read(files, 3, "crnn", 0, tmp_path, ["--epochs", "3"])
+    assert sorted(r["path"] for r in results) == sorted(map(str, files))
+    assert len(trained_on) == 3
+    assert all(len(data) in (6, 7) for data in trained_on.values())  # the other two parts
+
+
+def test_suspects_are_the_disagreements_most_confident_first():
+    def r(name, pred, conf):
+        return {"path": f"{name}.png", "prediction": pred, "confidence": conf, "label": name, "correct": pred == name}
+    results = [r("1111", "1111", 0.99), r("2222", "2228", 0.40), r("3333", "8333", 0.97), r("4444", "4444", 0.5)]
+    assert [s["path"] for s in suspects(results)] == ["3333.png", "2222.png"]
+
+
+def test_cli_lists_disagreements_and_writes_the_sheet(digits_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    (data / "not-a-label.png").write_bytes((data / sorted(p.name for p in data.iterdir())[0]).read_bytes())
+    sheet = tmp_path / "suspects.png"
+    r = run_script("check_labels.py", str(data), "--folds", "2", "--sheet", str(sheet),
+                   "--train-args=--epochs 1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "skipped 1 unlabelled file: not-a-label.png" in r.stderr
+    assert "fold 2/2: training on 32 images, then reading the other 32" in r.stderr
+    rows = [ln for ln in r.stdout.splitlines() if ln.endswith(tuple("0123456789")) and " | " in ln]
+    assert f"{len(rows)} of 64 images read differently from their names" in r.stdout
+    for row in rows:
+        name, label, pred, _ = (c.strip() for c in row.split("|"))
+        assert parse_label(name) == label and pred != label
+    assert Image.open(sheet).size[0] > 0
+
+
+@pytest.mark.parametrize("args, message", [([], "no images"), (["--folds", "9"], "--folds must be between 2 and")])
+def test_cli_bad_input_is_one_line_error(tmp_path, digits_dir, args, message):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    if args:  # 3 labelled images: too few for 9 folds
+        for f in sorted(digits_dir.iterdir())[:3]:
+            shutil.copy(f, folder / f.name)
+    r = run_script("check_labels.py", str(folder), *args)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: ") and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
