@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from dataset import DataError, HelpFormatter, labelled_files
+from dataset import DataError, HelpFormatter, labelled_files, load_images
 from torch_model_predict import CaptchaRecognizer, CheckpointError, contact_sheet, predict_files
 from torch_model_train import parse_args as train_args, train
 
@@ -88,7 +88,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        labelled = labelled_files(args.inputs)
+        _, labelled = load_images(labelled_files(args.inputs))  # warn about unreadable files once
+        if not labelled:
+            raise DataError(f"none of the labelled images in {', '.join(args.inputs)} could be read")
         with tempfile.TemporaryDirectory() as tmp:
             results = cross_read(labelled, args.folds, args.arch, args.seed, Path(tmp),
                                  shlex.split(args.train_args))

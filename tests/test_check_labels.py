@@ -58,11 +58,13 @@ def test_cli_lists_disagreements_and_writes_the_sheet(digits_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(digits_dir, data)
     (data / "not-a-label.png").write_bytes((data / sorted(p.name for p in data.iterdir())[0]).read_bytes())
+    (data / "1234.png").write_bytes(b"")  # unreadable: skipped once, not once per fold
     sheet = tmp_path / "suspects.png"
     r = run_script("check_labels.py", str(data), "--folds", "2", "--sheet", str(sheet),
                    "--train-args=--epochs 1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "skipped 1 unlabelled file: not-a-label.png" in r.stderr
+    assert r.stderr.count("skipped 1 unreadable image: 1234.png") == 1
     assert "fold 2/2: training on 32 images, then reading the other 32" in r.stderr
     rows = [ln for ln in r.stdout.splitlines() if ln.endswith(tuple("0123456789")) and " | " in ln]
     assert f"{len(rows)} of 64 images read differently from their names" in r.stdout
@@ -72,13 +74,21 @@ def test_cli_lists_disagreements_and_writes_the_sheet(digits_dir, tmp_path):
     assert Image.open(sheet).size[0] > 0
 
 
-@pytest.mark.parametrize("args, message", [([], "no images"), (["--folds", "9"], "--folds must be between 2 and")])
-def test_cli_bad_input_is_one_line_error(tmp_path, digits_dir, args, message):
+@pytest.mark.parametrize("content, args, message", [
+    ("nothing", [], "no images"),
+    ("corrupt", [], "none of the labelled images"),
+    ("three images", ["--folds", "9"], "--folds must be between 2 and"),
+])
+def test_cli_bad_input_is_one_line_error(tmp_path, digits_dir, content, args, message):
     folder = tmp_path / "few"
     folder.mkdir()
-    if args:  # 3 labelled images: too few for 9 folds
+    if content == "corrupt":
+        (folder / "1234.png").write_bytes(b"not a png")
+    if content == "three images":  # too few for 9 folds
         for f in sorted(digits_dir.iterdir())[:3]:
             shutil.copy(f, folder / f.name)
     r = run_script("check_labels.py", str(folder), *args)
     assert r.returncode == 1
-    assert r.stderr.startswith("error: ") and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    error = r.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and message in error
+    assert all(ln.startswith("warning: ") for ln in r.stderr.strip().splitlines()[:-1])
