@@ -52,16 +52,22 @@ def split_files(files: Sequence[Path], seed: int, n_train: int | None) -> tuple[
     return [files[i] for i in sorted(chosen)], [files[i] for i in test]
 
 
-def run_one(files: Sequence[Path], test: Sequence[Path], arch: str, seed: int, workdir: Path,
-            extra: Sequence[str]) -> dict[str, Any]:
-    """Train with default flags on ``files``; score the checkpoint on ``test``."""
-    out = workdir / f"{arch}-{seed}-{len(files)}.pth"
+def train_on(files: Sequence[Path], arch: str, seed: int, out: Path, extra: Sequence[str] = ()) -> float:
+    """``torch_model_train.py`` with default flags (plus ``extra``) on ``files`` into ``out``, without
+    its per-epoch lines and plot; returns the training wall time in seconds."""
     args = train_args(["--data", *map(str, files), "--arch", arch, "--seed", str(seed), "--out", str(out),
                        "--plot", "none", *extra])
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         train(args)
-    seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def run_one(files: Sequence[Path], test: Sequence[Path], arch: str, seed: int, workdir: Path,
+            extra: Sequence[str]) -> dict[str, Any]:
+    """Train with default flags on ``files``; score the checkpoint on ``test``."""
+    out = workdir / f"{arch}-{seed}-{len(files)}.pth"
+    seconds = train_on(files, arch, seed, out, extra)
     rec = CaptchaRecognizer(out)
     s = test_score(rec, test)
     return {**s, "seconds": seconds, "size_mb": out.stat().st_size / 1e6, "int8": int8_score(out, rec, files, test)}

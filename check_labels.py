@@ -14,8 +14,6 @@ confident reading that disagrees with the name is often a typo in the name (look
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import random
 import shlex
 import sys
@@ -23,9 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmark import train_on
 from dataset import DataError, HelpFormatter, labelled_files, load_images
 from torch_model_predict import CaptchaRecognizer, CheckpointError, contact_sheet, predict_files
-from torch_model_train import parse_args as train_args, train
 
 
 def fold_files(files: Sequence[Path], folds: int, seed: int) -> list[list[Path]]:
@@ -47,10 +45,7 @@ def cross_read(files: Sequence[Path], folds: int, arch: str, seed: int, workdir:
         out = workdir / f"fold{k}.pth"
         print(f"fold {k + 1}/{folds}: training on {len(rest)} images, then reading the other {len(held)}",
               file=sys.stderr)
-        args = train_args(["--data", *map(str, rest), "--arch", arch, "--seed", str(seed), "--out", str(out),
-                           "--plot", "none", *extra])
-        with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines; the progress bar stays
-            train(args)
+        train_on(rest, arch, seed, out, extra)
         results += predict_files(CaptchaRecognizer(out), held)
     return results
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import benchmark
 import check_labels
 from check_labels import fold_files, suspects
 from conftest import run_script
@@ -38,7 +39,7 @@ def test_cross_read_never_reads_an_image_with_a_model_trained_on_it(monkeypatch,
         return [{"path": str(f), "prediction": f.stem, "confidence": 1.0, "label": f.stem, "correct": True}
                 for f in held]
 
-    monkeypatch.setattr(check_labels, "train", fake_train)
+    monkeypatch.setattr(benchmark, "train", fake_train)
     monkeypatch.setattr(check_labels, "CaptchaRecognizer", str)
     monkeypatch.setattr(check_labels, "predict_files", fake_predict)
     results = check_labels.cross_read(files, 3, "crnn", 0, tmp_path, ["--epochs", "3"])
