@@ -18,11 +18,12 @@ import random
 import shlex
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 from benchmark import train_on
-from dataset import DataError, HelpFormatter, labelled_files, load_images
+from dataset import DataError, HelpFormatter, labelled_files, load_images, parse_label
 from torch_model_predict import CaptchaRecognizer, CheckpointError, contact_sheet, predict_files
 
 
@@ -35,10 +36,18 @@ def fold_files(files: Sequence[Path], folds: int, seed: int) -> list[list[Path]]
     return [sorted(order[k::folds]) for k in range(folds)]
 
 
+def common_length(files: Sequence[Path]) -> int:
+    """The most common label length: the CNN's ``--length``, so that a label of another length
+    (often a typo) is read and listed instead of stopping the CNN's training."""
+    return Counter(len(parse_label(f) or "") for f in files).most_common(1)[0][0]
+
+
 def cross_read(files: Sequence[Path], folds: int, arch: str, seed: int, workdir: Path,
                extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     """``predict_files`` results for every file, each from the fold model that did not train on it."""
     parts = fold_files(files, folds, seed)
+    if arch == "cnn":
+        extra = ["--length", str(common_length(files)), *extra]  # the user's flags come last and win
     results = []
     for k, held in enumerate(parts):
         rest = [f for j, part in enumerate(parts) if j != k for f in part]
@@ -46,7 +55,9 @@ def cross_read(files: Sequence[Path], folds: int, arch: str, seed: int, workdir:
         print(f"fold {k + 1}/{folds}: training on {len(rest)} images, then reading the other {len(held)}",
               file=sys.stderr)
         train_on(rest, arch, seed, out, extra)
-        results += predict_files(CaptchaRecognizer(out), held)
+        for r in predict_files(CaptchaRecognizer(out), held):
+            r["label"] = parse_label(r["path"])  # also labels the fold model cannot read (length, characters)
+            results.append({**r, "correct": r["prediction"] == r["label"]})
     return results
 
 

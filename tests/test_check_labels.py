@@ -9,7 +9,7 @@ from PIL import Image
 
 import benchmark
 import check_labels
-from check_labels import fold_files, suspects
+from check_labels import common_length, fold_files, suspects
 from conftest import run_script
 from dataset import DataError, parse_label
 
@@ -48,6 +48,12 @@ def test_cross_read_never_reads_an_image_with_a_model_trained_on_it(monkeypatch,
     assert all(len(data) in (6, 7) for data in trained_on.values())  # the other two parts
 
 
+def test_common_length_is_the_most_common_label_length():
+    files = [Path(n) for n in ("12345.png", "5678.png", "9012_2.png", "123.png", "12a4.png")]
+    assert common_length(files) == 4
+    assert common_length(files[:1]) == 5
+
+
 def test_suspects_are_the_disagreements_most_confident_first():
     def r(name, pred, conf):
         return {"path": f"{name}.png", "prediction": pred, "confidence": conf, "label": name, "correct": pred == name}
@@ -60,15 +66,19 @@ def test_cli_lists_disagreements_and_writes_the_sheet(digits_dir, tmp_path):
     shutil.copytree(digits_dir, data)
     (data / "not-a-label.png").write_bytes((data / sorted(p.name for p in data.iterdir())[0]).read_bytes())
     (data / "1234.png").write_bytes(b"")  # unreadable: skipped once, not once per fold
+    first = sorted(digits_dir.iterdir())[0].read_bytes()
+    (data / "12345.png").write_bytes(first)  # a typo of another length: read and listed, not fatal
+    (data / "12a4.png").write_bytes(first)  # a character no fold model knows: still read and listed
     sheet = tmp_path / "suspects.png"
     r = run_script("check_labels.py", str(data), "--folds", "2", "--sheet", str(sheet),
                    "--train-args=--epochs 1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "skipped 1 unlabelled file: not-a-label.png" in r.stderr
     assert r.stderr.count("skipped 1 unreadable image: 1234.png") == 1
-    assert "fold 2/2: training on 32 images, then reading the other 32" in r.stderr
+    assert "fold 2/2: training on 33 images, then reading the other 33" in r.stderr
     rows = [ln for ln in r.stdout.splitlines() if ln.endswith(tuple("0123456789")) and " | " in ln]
-    assert f"{len(rows)} of 64 images read differently from their names" in r.stdout
+    assert f"{len(rows)} of 66 images read differently from their names" in r.stdout
+    assert {"12345.png", "12a4.png"} <= {row.split("|")[0].strip() for row in rows}
     for row in rows:
         name, label, pred, _ = (c.strip() for c in row.split("|"))
         assert parse_label(name) == label and pred != label
