@@ -56,8 +56,8 @@ def cross_read(files: Sequence[Path], folds: int, arch: str, seed: int, workdir:
               file=sys.stderr)
         train_on(rest, arch, seed, out, extra)
         for r in predict_files(CaptchaRecognizer(out), held):
-            r["label"] = parse_label(r["path"])  # also labels the fold model cannot read (length, characters)
-            results.append({**r, "correct": r["prediction"] == r["label"]})
+            label = parse_label(r["path"])  # also labels the fold model cannot read (length, characters)
+            results.append({**r, "label": label, "correct": r["prediction"] == label})
     return results
 
 
