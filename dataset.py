@@ -1,18 +1,14 @@
-"""Data: file-name labels, the label converter, image preprocessing and augmentation.
-
-Everything that turns files into tensors lives here, once, and is shared by training,
-evaluation, prediction and export:
+"""Data: file-name labels, the label converter, reading images, the one preprocessing path,
+datasets and splits. Shared by training, evaluation, prediction, export and the service:
 
 * ``parse_label("3568_2.png") -> "3568"``: the label is the file name up to the first
   ``.`` or ``_``.
 * ``LabelConverter`` owns the alphabet, the CTC blank index, encoding and decoding.
 * ``Preprocess`` + ``image_to_array`` + ``normalize``: the one preprocessing path.
-* ``read_folder`` reads a folder (or files), skipping unreadable images with one warning.
-* ``augment`` applies light, captcha-style augmentation to a training batch.
+* ``read_labelled`` reads folders (or files), skipping unreadable images with one warning.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import random
@@ -24,7 +20,6 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -37,14 +32,6 @@ ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 class DataError(ValueError):
     """Bad user data (empty folder, no labelled files, ...): shown as one line."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows each flag's default, unless its help text already says it or it is None or ''."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        return text if "(default" in text or action.default in (None, "") else super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------------- labels
@@ -137,9 +124,8 @@ class Preprocess:
     channels: int = 3  # 3: RGB, 1: grayscale
 
 
-# Default model input per family: the cap on its height (the CRNN read captcha-images-v2
-# better at 128x32 than at 96x24, README: Accuracy; the CNN keeps the classic small input)
-# and its channels (the CNN reads colour, the CRNN grey).
+# Default model input per family: the cap on its height and its channels (the CNN reads
+# colour at the classic small size, the CRNN grey and a little larger).
 MAX_HEIGHT = {"cnn": 24, "crnn": 32}
 CHANNELS = {"cnn": 3, "crnn": 1}
 
@@ -301,152 +287,6 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[in
     return parts
 
 
-# ----------------------------------------------------------------------- augmentation
-
-@dataclass
-class Augment:
-    """Strength of the training augmentation (0 disables a part)."""
-    shift: float = 0.06  # max translation, fraction of width/height
-    rotate: float = 5.0  # degrees
-    shear: float = 0.15
-    scale: float = 0.08  # +- relative zoom
-    brightness: float = 0.2
-    contrast: float = 0.25
-    noise: float = 0.04
-    lines: float = 0.3  # probability of each random stroke
-    strokes: int = 1  # strokes drawn (each with probability ``lines``)
-    arcs: float = 0.0  # share of the strokes that are circle arcs instead of straight lines
-    width: float = 1.0  # strokes are 1 to ``width`` pixels wide
-
-
-# ``--strokes``: "arcs" (the default) draws two strokes, half of them circle arcs, up to 2
-# pixels wide; "line" one straight 1-pixel line (``Augment()``). Real captchas cross their
-# characters with lines and arcs: "arcs" took the percent4-digits CNN's mistakes on 3 x 149
-# test captchas from 10 to 4, the CRNN's from 11 to 7, and read captcha-images-v2 as well or
-# better at every training-set size (README: Accuracy)
-STROKES = {"arcs": Augment(lines=0.5, strokes=2, arcs=0.5, width=2.0), "line": Augment()}
-
-
-def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Random affine warp, colour jitter, noise and lines on a normalized batch ``(B, C, H, W)``."""
-    b, c, h, w = x.shape
-    u = lambda *s: torch.rand(*s, generator=gen) * 2 - 1  # noqa: E731  uniform in [-1, 1]
-    ang = u(b) * aug.rotate * torch.pi / 180
-    sc = 1 + u(b) * aug.scale
-    sh = u(b) * aug.shear
-    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w + sh
-    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
-    theta[:, :, 2] = u(b, 2) * aug.shift * 2
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = 1 + u(b, 1, 1, 1) * aug.contrast
-    bright = u(b, 1, 1, 1) * aug.brightness
-    x = (x - mean) * contrast + mean + bright
-    if c == 3:
-        x = x + u(b, 3, 1, 1) * aug.brightness * 0.5  # per-channel colour shift
-    if aug.lines > 0:
-        x = _draw_strokes(x, aug, gen)
-    x = x + torch.randn(x.shape, generator=gen) * aug.noise
-    return x.clamp_(-1, 1).contiguous(memory_format=torch.channels_last)
-
-
-def column_spread(arrays: torch.Tensor, sample: int = 5000) -> torch.Tensor:
-    """How much each column's pixels vary across a set of images ``(W,)``. Looks at the
-    first ``sample`` images, so large sets are not copied to float whole."""
-    return arrays[:sample].float().std(0).mean(dim=(0, 1))  # (W,) from (N, C, H, W)
-
-
-def text_span(spread: torch.Tensor) -> tuple[float, float]:
-    """Columns ``[x0, x1)`` where the text of a set of captchas lies: those whose
-    ``column_spread`` is above the mean (margins hold background and noise, which vary
-    less than glyphs). The mean stays put on 90 images, where halfway between the least
-    and the most varying column let noisy margin columns in on percent4-digits."""
-    cols = (spread > spread.mean()).nonzero().flatten()
-    return (float(cols[0]), float(cols[-1]) + 1) if len(cols) else (0.0, float(len(spread)))
-
-
-def evenly_spaced(spread: torch.Tensor, span: tuple[float, float], length: int) -> bool:
-    """Whether ``length`` characters sit at fixed, evenly spaced places over the text
-    ``span`` (a fixed-pitch layout): the columns where ``splice`` cuts, or their
-    neighbours, then vary clearly less across the images (under 0.8x) than the text on
-    average, being the gaps between characters. percent4-digits' cuts vary 0.65x as much,
-    proportionally spaced captcha-images-v2's about 1.0x."""
-    x0, x1 = span
-    if length < 2 or x1 - x0 < 2 * length:
-        return False
-    cuts = cut_columns(span, length).tolist()
-    at_cuts = torch.stack([spread[max(0, c - 1):c + 2].min() for c in cuts]).mean()
-    return bool(at_cuts < 0.8 * spread[int(x0):int(x1)].mean())
-
-
-def cut_columns(span: tuple[float, float], length: int) -> torch.Tensor:
-    """Columns ``(length - 1,)`` of the boundaries between ``length`` characters evenly
-    spaced over ``span``: where ``splice`` cuts."""
-    x0, x1 = span
-    return torch.round(x0 + torch.arange(1, length) * (x1 - x0) / length).long()
-
-
-def splice(x: torch.Tensor, labels: Sequence[str], p: float, span: tuple[float, float] | None = None,
-           gen: torch.Generator | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Recombine a batch of equal-length captchas: with probability ``p`` per image, the
-    columns right of a character boundary (boundaries evenly spaced over the text
-    ``span``, default the whole width) come from another image of the batch, and so do
-    the label's characters after it.
-
-    New label combinations keep a model from reading a small training set by recognising
-    whole images. Batches with labels of different lengths are returned unchanged.
-    """
-    b, _, _, w = x.shape  # (B, C, H, W)
-    n = len(labels[0]) if labels else 0
-    if p <= 0 or n < 2 or b < 2 or any(len(s) != n for s in labels):
-        return x, list(labels)
-    use = torch.rand(b, generator=gen) < p  # (B,)
-    partner = torch.randperm(b, generator=gen)  # (B,)
-    k = torch.randint(1, n, (b,), generator=gen)  # boundary after character k
-    cut = cut_columns(span or (0.0, float(w)), n)[k - 1]  # (B,)
-    right = (torch.arange(w).view(1, w) >= cut.view(b, 1)) & use.view(b, 1)  # (B, W)
-    out = torch.where(right.view(b, 1, 1, w), x[partner], x)  # (B, C, H, W)
-    new = [s[:j] + labels[i][j:] if u else s
-           for s, i, j, u in zip(labels, partner.tolist(), k.tolist(), use.tolist())]
-    return out.contiguous(memory_format=torch.channels_last), new
-
-
-def _draw_strokes(x: torch.Tensor, aug: Augment, gen: torch.Generator | None) -> torch.Tensor:
-    """``aug.strokes`` times, with probability ``aug.lines`` per image, a thin stroke of random
-    intensity: a straight line or (share ``aug.arcs``) an arc of a circle."""
-    b, c, h, w = x.shape
-    ys = torch.linspace(-1, 1, h).view(1, h, 1)
-    xs = torch.linspace(-1, 1, w).view(1, 1, w)
-    r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    # arcs and widths draw random numbers only when asked for, so ``Augment()`` (one 1-pixel
-    # line) draws exactly what it did before they existed: ``--strokes line`` reproduces the
-    # README's single-line numbers
-    for _ in range(aug.strokes):
-        y0, slope = (r(b) * 1.6 - 0.8).view(b, 1, 1), (r(b) - 0.5).view(b, 1, 1)
-        dist = (ys - (y0 + slope * xs)).abs()  # (B, H, W), in units of half the height
-        if aug.arcs > 0:
-            arc = _arc_distance(ys, xs * (w / h), b, r)  # (B, H, W)
-            dist = torch.where((r(b) < aug.arcs).view(b, 1, 1), arc, dist)
-        half = 1.0 if aug.width <= 1 else (1 + r(b) * (aug.width - 1)).view(b, 1, 1)  # pixels
-        mask = (dist < half / h).float() * (r(b) < aug.lines).float().view(b, 1, 1)
-        value = (r(b, c) * 2 - 1).view(b, c, 1, 1)
-        mask = mask.unsqueeze(1)  # (B, 1, H, W)
-        x = x * (1 - mask) + value * mask
-    return x
-
-
-def _arc_distance(ys: torch.Tensor, xs: torch.Tensor, b: int, r) -> torch.Tensor:
-    """Distance ``(B, H, W)`` of each pixel from a random circle per image (centre anywhere
-    over the image, radius 0.25 to 1.25 image heights); ``xs`` in the units of ``ys``."""
-    cx = ((r(b) * 2 - 1) * xs.max()).view(b, 1, 1)
-    cy = (r(b) * 2 - 1).view(b, 1, 1)
-    rad = (0.5 + r(b) * 2).view(b, 1, 1)
-    return (((xs - cx) ** 2 + (ys - cy) ** 2).sqrt() - rad).abs()
-
-
 # -------------------------------------------------------------------------- datasets
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -465,63 +305,3 @@ class ArrayDataset(torch.utils.data.Dataset):
 def to_arrays(images: Sequence[Image.Image], spec: Preprocess) -> torch.Tensor:
     """Decoded images -> uint8 ``(N, C, H, W)`` at the model's input size."""
     return torch.from_numpy(np.stack([image_to_array(im, spec) for im in images]))
-
-
-class _SeededSecrets(random.Random):
-    """Stands in for the ``secrets`` module that the ``captcha`` package draws from,
-    so that rendering is reproducible from a seed."""
-
-    def randbelow(self, n: int) -> int:
-        return self.randrange(n)
-
-    def randbits(self, k: int) -> int:
-        return self.getrandbits(k)
-
-
-_renderers: dict[tuple[int, int], object] = {}
-
-
-def render_captcha(text: str, seed: int, width: int = 100, height: int = 40) -> Image.Image:
-    """A synthetic captcha of ``text`` drawn by the ``captcha`` package, reproducible from ``seed``."""
-    from captcha import image as captcha_image
-
-    key = (width, height)
-    if key not in _renderers:
-        sizes = tuple(int(height * f) for f in (0.75, 0.85, 0.95))
-        _renderers[key] = captcha_image.ImageCaptcha(width=width, height=height, font_sizes=sizes)
-    saved = captcha_image.secrets
-    captcha_image.secrets = _SeededSecrets(seed)
-    try:
-        return _renderers[key].generate_image(text)
-    finally:
-        captcha_image.secrets = saved
-
-
-def random_text(rng: random.Random, alphabet: str, length: int) -> str:
-    return "".join(rng.choice(alphabet) for _ in range(length))
-
-
-def synthetic_captcha(text: str, seed: int, size: tuple[int, int] = (50, 22)) -> Image.Image:
-    """The project's synthetic captcha: drawn at twice ``size``, then scaled down to it."""
-    w, h = size
-    return render_captcha(text, seed, 2 * w, 2 * h).resize((w, h), Image.LANCZOS)
-
-
-class SyntheticCaptchas(torch.utils.data.Dataset):
-    """``n`` freshly rendered captchas per epoch (new texts and drawings every epoch)."""
-
-    def __init__(self, n: int, alphabet: str, length: int, spec: Preprocess, seed: int = 0):
-        self.n, self.alphabet, self.length, self.spec = n, alphabet, length, spec
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        seed = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + i
-        text = random_text(random.Random(seed), self.alphabet, self.length)
-        img = synthetic_captcha(text, seed, (self.spec.width, self.spec.height))
-        return torch.tensor(image_to_array(img, self.spec)), text  # copy: PIL's array is read-only

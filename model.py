@@ -29,17 +29,13 @@ class ModelConfig:
     img_h: int = 22
     img_w: int = 50
     batch_norm: bool = True
-    # CNN: widths of the 4 conv stages. Narrower early stages than CLASSIC_CNN_CHANNELS cost
-    # about 40% of the compute and, given twice the steps, read better (README: Accuracy)
+    # CNN: widths of the 4 conv stages (each two 3x3 convs, then a 2x2 max-pool)
     cnn_channels: tuple[int, ...] = (16, 32, 64, 256)
     head_hidden: int = 100  # CNN: hidden units of each position head
     dropout: float = 0.1  # CNN: dropout before each head's last layer
-    # CRNN: widths of its 6 conv layers. Narrower early layers than CLASSIC_CRNN_CHANNELS
-    # cost about 60% of the compute, which pays for a 128x32 instead of a 96x24 input
-    # (dataset.MAX_HEIGHT): it reads captcha-images-v2 better (README: Accuracy)
+    # CRNN: widths of its 6 conv layers
     crnn_channels: tuple[int, ...] = (16, 32, 64, 64, 128, 128)
-    # CRNN: GRU hidden size per direction. 96 instead of 128 makes the GRU 44% cheaper and folder
-    # prediction faster at the same accuracy (README: Prediction speed)
+    # CRNN: GRU hidden size per direction
     rnn_hidden: int = 96
 
 

@@ -1,10 +1,11 @@
-"""Both benchmark scripts run in --quick mode and print a filled-in table."""
+"""Both benchmarks run in --quick mode, print a filled-in table and write it into a markdown file."""
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
 
+import pytest
 import torch
 
 from conftest import run_script
@@ -28,8 +29,10 @@ def has_onnx() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
-def test_accuracy_benchmark_quick():
-    r = run_script("benchmark.py", "--quick", timeout=600)
+@pytest.mark.slow
+def test_accuracy_benchmark_quick(tmp_path):
+    md = tmp_path / "results.md"
+    r = run_script("benchmarks/accuracy.py", "--quick", "--markdown", str(md), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = table_rows(r.stdout)
     archs = [row[1] for row in rows]
@@ -47,15 +50,20 @@ def test_accuracy_benchmark_quick():
         assert all(re.fullmatch(r"\d{4}\.png->\S*", n) for n in names)
         assert len(names) == round(12 * (1 - float(acc) / 100))
     assert_names_machine(r.stdout)
+    text = md.read_text()  # the table under the command that made it (without where it was written)
+    assert "`python benchmarks/accuracy.py --quick` (" in text and "--markdown" not in text
+    assert all(f"| generated | {a} | 48 |" in text for a in ("cnn", "crnn"))
 
 
+@pytest.mark.slow
 def test_accuracy_benchmark_passes_train_args_to_training():
-    r = run_script("benchmark.py", "--quick", "--archs", "crnn", "--train-args=--ema 0.5 --bogus-flag", timeout=600)
+    r = run_script("benchmarks/accuracy.py", "--quick", "--archs", "crnn", "--train-args=--ema 0.5 --bogus-flag", timeout=600)
     assert r.returncode != 0 and "unrecognized arguments: --bogus-flag" in r.stderr
 
 
+@pytest.mark.slow
 def test_speed_benchmark_quick():
-    r = run_script("benchmark_speed.py", "--quick", "--archs", "cnn", timeout=600)
+    r = run_script("benchmarks/speed.py", "--quick", "--archs", "cnn", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = table_rows(r.stdout)
     backends = {row[2] for row in rows}
@@ -65,3 +73,19 @@ def test_speed_benchmark_quick():
         assert 35 < float(row[8]) < 45  # about 39 MFLOP per 50x22 image for the default CNN
     assert "fp32 matmul peak measured" in r.stdout
     assert_names_machine(r.stdout)
+
+
+@pytest.mark.parametrize("rerun", [False, True])
+def test_markdown_sections_are_replaced_by_their_own_command_only(tmp_path, rerun):
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import write_section
+    md = tmp_path / "r.md"
+    write_section(md, "python a.py", "| old a |")
+    write_section(md, "python b.py --x 1", "| b |")
+    write_section(md, "python a.py", "| new a |" if rerun else "| old a |")
+    text = md.read_text()
+    assert text.count("`python a.py`") == 1 and "| b |" in text
+    assert ("| new a |" in text and "| old a |" not in text) if rerun else "| old a |" in text
+    assert text.index("python a.py") < text.index("python b.py")  # a rerun keeps its place

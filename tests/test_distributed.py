@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import ROOT, run_script
-from torch_model_predict import load_checkpoint
-from torch_model_train import Dist, make_sampler
+from checkpoint import load_checkpoint
+from training import Dist, make_sampler
 
 
 def test_ranks_see_disjoint_shards_reshuffled_each_epoch(monkeypatch):
@@ -34,6 +35,7 @@ def test_ranks_see_disjoint_shards_reshuffled_each_epoch(monkeypatch):
     assert sorted(make_sampler(data, Dist(), seed=0)) == data  # one process sees everything
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_then_predict(digits_dir, tmp_path):
     out = tmp_path / "ddp.pth"
     r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "torch_model_train.py",
@@ -52,6 +54,7 @@ def final_loss(stdout: str) -> float:
     return float(re.findall(r"epoch (\d+)/\d+ loss ([\d.]+)", stdout)[-1][1])
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_where_it_stopped(digits_dir, tmp_path):
     common = ["torch_model_train.py", "--data", str(digits_dir), "--epochs", "10", "--batch-size", "16",
               "--plot", "none", "--no-augment"]
@@ -84,6 +87,7 @@ def test_interrupted_run_resumes_where_it_stopped(digits_dir, tmp_path):
     assert abs(final_loss(resumed.stdout) - final_loss(full.stdout)) < 0.05 + 0.2 * final_loss(full.stdout)
 
 
+@pytest.mark.slow
 def test_synthetic_mode_without_a_folder_and_with_one(digits_dir, tmp_path):
     out = tmp_path / "syn.pth"
     r = run_script("torch_model_train.py", "--synthetic", "64", "--alphabet", "0123456789", "--length", "4",

@@ -6,10 +6,11 @@ import json
 import pytest
 
 from conftest import run_script
-from make_captchas import generate
-from torch_model_predict import load_checkpoint
+from checkpoint import load_checkpoint
+from synthetic import generate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["cnn", "crnn"])
 def test_train_then_predict_cli(arch, tmp_path):
     data = tmp_path / "data"
@@ -29,7 +30,5 @@ def test_train_then_predict_cli(arch, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["summary"]["n"] == (64 if arch == "crnn" else 48)
-    preds = [f["prediction"] for f in report["files"]]
-    assert all(set(p) <= set("0123456789") for p in preds)
     # after 40 epochs on its own images the model reads most of them
     assert report["summary"]["character_accuracy"] > 0.6, report["summary"]

@@ -1,15 +1,16 @@
 """Prediction speed: folder throughput, single-image latency and share of the CPU's peak.
 
 Usage:
-    python benchmark_speed.py                      # both real datasets, both archs, torch + onnx
-    python benchmark_speed.py --quick              # small smoke run on generated captchas
+    python benchmarks/speed.py                      # both real datasets, both archs, torch + onnx
+    python benchmarks/speed.py --quick              # small smoke run on generated captchas
+    python benchmarks/speed.py --markdown docs/results.md
 
 For each dataset and architecture it builds the model at the input size default training
 picks for that dataset (weights do not change the speed, so they are freshly initialised),
 then times, over the same image files:
   * folder prediction, whole pipeline: read + decode + preprocess + model + decode text
-    (``torch_model_predict.predict_files``), with PyTorch, ONNX Runtime, and ONNX Runtime
-    on the int8 export (``torch_model_export.py --int8``, calibrated on the same folder);
+    (``recognizer.predict_files``), with PyTorch, ONNX Runtime, and ONNX Runtime on the int8
+    export (``torch_model_export.py --int8``, calibrated on the same folder);
   * warm single-image latency through ``CaptchaRecognizer.predict`` (median);
   * the forward pass's achieved GFLOP/s against the measured fp32 matmul peak;
   * ddddocr (if installed) on the same files, output restricted to the dataset's alphabet.
@@ -26,14 +27,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from common import DATASETS, machine, publish
+
 import torch
 
-from benchmark import DATASETS, machine
-from dataset import (CHANNELS, MAX_HEIGHT, HelpFormatter, LabelConverter, Preprocess, auto_size, infer_alphabet,
-                     list_images, load_images, parse_label)
+from checkpoint import ModelSpec, atomic_save, checkpoint_dict
+from cli import HelpFormatter, positive_int
+from dataset import CHANNELS, MAX_HEIGHT, Preprocess, auto_size, infer_alphabet, list_images, load_images, parse_label
 from model import ModelConfig, build_model
-from torch_model_predict import CaptchaRecognizer, predict_files
-from torch_model_train import atomic_save, checkpoint_dict
+from recognizer import CaptchaRecognizer, predict_files
+from synthetic import generate
 
 
 def matmul_peak(seconds: float = 1.0, n: int = 1024) -> float:
@@ -75,13 +78,12 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return total[0]
 
 
-def make_checkpoint(arch: str, alphabet: str, length: int, spec: Preprocess, path: Path) -> Path:
+def fresh_checkpoint(arch: str, alphabet: str, length: int, pre: Preprocess, path: Path) -> Path:
     """A freshly initialised checkpoint of the given shape (speed does not depend on weights)."""
-    conv = LabelConverter(alphabet, length, ctc=arch == "crnn")
-    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=spec.channels,
-                      img_h=spec.height, img_w=spec.width)
+    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=pre.channels,
+                      img_h=pre.height, img_w=pre.width)
     model = build_model(cfg).eval()
-    atomic_save(checkpoint_dict(model, conv, spec, asdict(cfg), argparse.Namespace(), 0, {}, []), path)
+    atomic_save(checkpoint_dict(model.state_dict(), asdict(cfg), ModelSpec(arch, alphabet, length, pre)), path)
     return path
 
 
@@ -123,6 +125,19 @@ def time_ddddocr(files: Sequence[Path], alphabet: str) -> float | None:
     return len(files) / (time.perf_counter() - t0)
 
 
+def backends(ckpt: Path, folder: str, pre: Preprocess, workdir: Path) -> list[tuple[str, CaptchaRecognizer]]:
+    """PyTorch, and where onnx/onnxruntime are installed the fp32 and int8 ONNX exports."""
+    out = [("torch", CaptchaRecognizer(ckpt))]
+    try:
+        from export import calibration_arrays, export_onnx, quantize_int8
+        onnx = export_onnx(ckpt, workdir / f"{ckpt.stem}.onnx")
+        int8 = quantize_int8(onnx, workdir / f"{ckpt.stem}.int8.onnx", calibration_arrays([folder], pre))
+        out += [("onnx", CaptchaRecognizer(onnx)), ("onnx int8", CaptchaRecognizer(int8))]
+    except ImportError:
+        print("note: onnx/onnxruntime not installed; ONNX rows skipped", file=sys.stderr)
+    return out
+
+
 def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, peak: float,
                   workdir: Path) -> list[dict[str, Any]]:
     files = list_images([folder])
@@ -133,21 +148,13 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
     rows = []
     for arch in archs:
         w, h = auto_size([im.size for im in images], MAX_HEIGHT[arch])
-        spec = Preprocess(w, h, CHANNELS[arch])
-        ckpt = make_checkpoint(arch, alphabet, length, spec, workdir / f"{name}-{arch}.pth")
-        rec = CaptchaRecognizer(ckpt)
-        flops = forward_flops(rec.model, torch.zeros(1, spec.channels, h, w))
-        backends = [("torch", rec)]
-        try:
-            from torch_model_export import calibration_arrays, export_onnx, quantize_int8
-            onnx = export_onnx(ckpt, workdir / f"{name}-{arch}.onnx")
-            int8 = quantize_int8(onnx, workdir / f"{name}-{arch}.int8.onnx", calibration_arrays([folder], spec))
-            backends += [("onnx", CaptchaRecognizer(onnx)), ("onnx int8", CaptchaRecognizer(int8))]
-        except ImportError:
-            print("note: onnx/onnxruntime not installed; ONNX rows skipped", file=sys.stderr)
-        for backend, r in backends:
+        pre = Preprocess(w, h, CHANNELS[arch])
+        ckpt = fresh_checkpoint(arch, alphabet, length, pre, workdir / f"{name}-{arch}.pth")
+        flops = None
+        for backend, r in backends(ckpt, folder, pre, workdir):
+            flops = flops or forward_flops(r.model, torch.zeros(1, pre.channels, h, w))
             ips = time_folder(r, files, repeats)
-            rows.append({"dataset": name, "arch": arch, "backend": backend, "input": f"{w}x{h}x{spec.channels}",
+            rows.append({"dataset": name, "arch": arch, "backend": backend, "input": f"{w}x{h}x{pre.channels}",
                          "images": len(files), "img_s": ips, "ms_img": 1000 / ips,
                          "latency_ms": time_single(r, files[0]), "mflops": flops / 1e6,
                          "peak_pct": 100 * flops * ips / 1e9 / peak, "dddd": dddd})
@@ -155,37 +162,36 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
     return rows
 
 
-def print_table(rows: list[dict[str, Any]], peak: float) -> None:
+def format_table(rows: list[dict[str, Any]], peak: float) -> str:
     head = ("| dataset | arch | backend | input | images | img/s (whole pipeline) | ms/img | single-image "
             "latency ms | MFLOP/img | % of fp32 peak | ddddocr img/s | x ddddocr |")
-    print(head)
-    print("|---" * (head.count("|") - 1) + "|")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         dd = f"{r['dddd']:.0f}" if r["dddd"] else "n/a"
         ratio = f"{r['img_s'] / r['dddd']:.1f}x" if r["dddd"] else "n/a"
-        print(f"| {r['dataset']} | {r['arch']} | {r['backend']} | {r['input']} | {r['images']} | {r['img_s']:.0f} | "
-              f"{r['ms_img']:.2f} | {r['latency_ms']:.2f} | {r['mflops']:.0f} | {r['peak_pct']:.0f}% | {dd} | {ratio} |")
+        lines.append(f"| {r['dataset']} | {r['arch']} | {r['backend']} | {r['input']} | {r['images']} | "
+                     f"{r['img_s']:.0f} | {r['ms_img']:.2f} | {r['latency_ms']:.2f} | {r['mflops']:.0f} | "
+                     f"{r['peak_pct']:.0f}% | {dd} | {ratio} |")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n{machine()}")
-    print(f"fp32 matmul peak measured: {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads; "
-          f"peak memory (RSS) of this process: {rss:.0f} MB")
+    lines += ["", machine(), f"fp32 matmul peak measured: {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads; "
+                             f"peak memory (RSS) of this process: {rss:.0f} MB"]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="small smoke run on generated captchas")
     p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures to time")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per row (best is kept)")
+    p.add_argument("--repeats", type=positive_int, default=3, metavar="N", help="timed passes per row (best is kept)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table into FILE (e.g. docs/results.md)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.quick:
-            from make_captchas import generate
             generate(workdir / "quick", 64, seed=3, show=False)
             datasets, args.repeats = {"generated": str(workdir / "quick")}, 1
         else:
-            datasets = {k: v for k, v in DATASETS.items() if Path(v).is_dir()}
+            datasets = {k: str(v) for k, v in DATASETS.items() if Path(v).is_dir()}
             if not datasets:
                 print("error: no dataset found under ../shared/data", file=sys.stderr)
                 return 1
@@ -193,8 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for name, folder in datasets.items():
             rows += bench_dataset(name, folder, args.archs, args.repeats, peak, workdir)
-        print_table(rows, peak)
-    return 0
+        table = format_table(rows, peak)
+    return publish(table, args.markdown, argv)
 
 
 if __name__ == "__main__":

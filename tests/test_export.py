@@ -1,21 +1,20 @@
-"""ONNX export (same text as PyTorch) and the CaptchaRecognizer API."""
+"""ONNX export: the same texts as PyTorch, the int8 export, and reading .onnx files."""
 from __future__ import annotations
 
-import io
 import json
 import re
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from checkpoint import CheckpointError
 from conftest import run_script
-from torch_model_predict import CaptchaRecognizer, CheckpointError
+from recognizer import CaptchaRecognizer
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install onnxruntime")
 pytest.importorskip("onnx", reason="onnx is not installed: pip install onnx")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["cnn_ckpt", "crnn_ckpt"])
 def test_export_reads_like_pytorch(which, request, digits_dir, tmp_path):
     ckpt = request.getfixturevalue(which)
@@ -35,6 +34,7 @@ def test_export_reads_like_pytorch(which, request, digits_dir, tmp_path):
     assert b.predict(files[0])[0] == ra[0][0]
 
 
+@pytest.mark.slow
 def test_int8_export_is_quantized_smaller_and_reads_like_pytorch(cnn_ckpt, digits_dir, tmp_path):
     import onnx
 
@@ -53,6 +53,7 @@ def test_int8_export_is_quantized_smaller_and_reads_like_pytorch(cnn_ckpt, digit
     assert texts == [t for t, _ in CaptchaRecognizer(cnn_ckpt).predict_batch(sorted(digits_dir.iterdir()))]
 
 
+@pytest.mark.slow
 def test_int8_export_without_images_to_calibrate_is_one_line(cnn_ckpt, tmp_path):
     import torch
 
@@ -66,6 +67,7 @@ def test_int8_export_without_images_to_calibrate_is_one_line(cnn_ckpt, tmp_path)
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
 
 
+@pytest.mark.slow
 def test_predict_cli_reads_onnx(cnn_ckpt, digits_dir, tmp_path):
     out = tmp_path / "m.onnx"
     assert run_script("torch_model_export.py", str(cnn_ckpt), "--out", str(out), "--verify").returncode == 0
@@ -83,18 +85,10 @@ def test_not_an_onnx_export_is_a_checkpoint_error(tmp_path):
         CaptchaRecognizer(bad)
 
 
-def test_recognizer_accepts_path_bytes_pil_and_array(cnn_ckpt, digits_dir):
-    rec = CaptchaRecognizer(cnn_ckpt)
-    f = sorted(digits_dir.iterdir())[0]
-    img = Image.open(f)
-    img.load()
-    by_path = rec.predict(f)
-    assert rec.predict(str(f)) == by_path
-    assert rec.predict(f.read_bytes()) == by_path
-    assert rec.predict(img) == by_path
-    assert rec.predict(np.asarray(img)) == by_path
-    buf = io.BytesIO()
-    img.convert("RGBA").save(buf, "PNG")  # a different mode of the same pixels reads the same
-    assert rec.predict(buf.getvalue())[0] == by_path[0]
-    assert rec.predict_batch([]) == []
-    assert len(by_path[0]) == 4 and 0 < by_path[1] <= 1
+def test_export_in_process_carries_the_spec_and_reads_the_same(fresh_ckpt, digits_dir, tmp_path):
+    from export import export_onnx, verify
+    out = export_onnx(fresh_ckpt, tmp_path / "fresh.onnx")
+    a, b = CaptchaRecognizer(fresh_ckpt), CaptchaRecognizer(out)
+    assert b.model_spec == a.model_spec
+    r = verify(fresh_ckpt, out, [digits_dir])
+    assert r["identical"] == r["n"] == 64 and r["max_confidence_diff"] < 1e-4

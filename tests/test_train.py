@@ -1,12 +1,15 @@
-"""Training pieces: the default number of epochs and the weight average (EMA) that --ema
-validates and saves."""
+"""Training pieces: the default number of epochs, the best-epoch rule, the weight average (EMA) that
+--ema validates and saves, and train() called from Python."""
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
+from checkpoint import load_checkpoint
 from conftest import run_script
-from torch_model_predict import CaptchaRecognizer, load_checkpoint
-from torch_model_train import EMA, default_epochs, is_best
+from training import EMA, TrainConfig, default_epochs, is_best, train
 
 
 def test_the_second_half_of_the_schedule_picks_its_own_best_epoch():
@@ -52,6 +55,7 @@ def test_ema_averages_weights_and_copies_counters():
     assert torch.allclose(ema.model[0].weight, start + 1, atol=1e-6)  # converges to the live weights
 
 
+@pytest.mark.slow
 def test_train_with_ema_saves_the_averaged_weights(digits_dir, tmp_path):
     common = ["torch_model_train.py", "--data", str(digits_dir), "--epochs", "2", "--batch-size", "16",
               "--val-split", "0", "--plot", "none"]
@@ -65,4 +69,17 @@ def test_train_with_ema_saves_the_averaged_weights(digits_dir, tmp_path):
     assert b["config"]["ema"] == 0.9 and b["ema"] is None  # the averaged weights are "model" itself
     w = "features.0.weight"
     assert not torch.equal(a["model"][w], b["model"][w])  # same seed: only the averaging differs
-    assert CaptchaRecognizer(avg).predict(sorted(digits_dir.iterdir())[0])[0].isdigit()
+
+
+@pytest.mark.slow
+def test_train_from_python_resolves_defaults_without_changing_the_config(digits_dir, tmp_path):
+    cfg = TrainConfig(data=[str(digits_dir)], arch="crnn", batch_size=16, plot="none", out=str(tmp_path / "m.pth"),
+                      quiet=True)
+    before = dataclasses.replace(cfg)
+    result = train(dataclasses.replace(cfg, epochs=2))
+    assert cfg == before  # nothing written back into the caller's config
+    assert result.out == tmp_path / "m.pth" and result.out.is_file()
+    assert result.config.epochs == 2 and result.config.splice is not None  # resolved: 0.5 or 0.0
+    assert len(result.history) == 2 and result.best["epoch"] in (1, 2)
+    saved = load_checkpoint(result.out)["config"]
+    assert saved["arch"] == "crnn" and saved["epochs"] == 2 and saved["splice"] == result.config.splice

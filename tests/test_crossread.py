@@ -1,4 +1,5 @@
-"""check_labels.py: every image is read by a fold model that did not train on it; disagreements are listed."""
+"""Cross-reading and check_labels.py: every image is read by a fold model that did not train on it;
+the disagreements are listed."""
 from __future__ import annotations
 
 import shutil
@@ -7,11 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import benchmark
-import check_labels
-from check_labels import common_length, fold_files, suspects
+import crossread
 from conftest import run_script
+from crossread import common_length, fold_files, suspects
 from dataset import DataError, parse_label
+from training import TrainConfig
 
 
 def test_fold_files_split_every_file_into_exactly_one_part():
@@ -30,19 +31,19 @@ def test_cross_read_never_reads_an_image_with_a_model_trained_on_it(monkeypatch,
     files = [Path(f"{i:04d}.png") for i in range(10)]
     trained_on: dict[str, set[str]] = {}
 
-    def fake_train(args):
-        trained_on[args.out] = set(args.data)
-        assert args.arch == "crnn" and args.epochs == 3  # --arch and the extra flags reach training
+    def fake_train(cfg):
+        trained_on[cfg.out] = set(cfg.data)
+        assert cfg.arch == "crnn" and cfg.epochs == 3  # the config reaches training
 
     def fake_predict(rec, held):
         assert not trained_on[rec] & {str(f) for f in held}
         return [{"path": str(f), "prediction": f.stem, "confidence": 1.0, "label": f.stem, "correct": True}
                 for f in held]
 
-    monkeypatch.setattr(benchmark, "train", fake_train)
-    monkeypatch.setattr(check_labels, "CaptchaRecognizer", str)
-    monkeypatch.setattr(check_labels, "predict_files", fake_predict)
-    results = check_labels.cross_read(files, 3, "crnn", 0, tmp_path, ["--epochs", "3"])
+    monkeypatch.setattr(crossread, "train", fake_train)
+    monkeypatch.setattr(crossread, "CaptchaRecognizer", str)
+    monkeypatch.setattr(crossread, "predict_files", fake_predict)
+    results = crossread.cross_read(files, 3, TrainConfig(arch="crnn", epochs=3), tmp_path)
     assert sorted(r["path"] for r in results) == sorted(map(str, files))
     assert len(trained_on) == 3
     assert all(len(data) in (6, 7) for data in trained_on.values())  # the other two parts
@@ -61,6 +62,7 @@ def test_suspects_are_the_disagreements_most_confident_first():
     assert [s["path"] for s in suspects(results)] == ["3333.png", "2222.png"]
 
 
+@pytest.mark.slow
 def test_cli_lists_disagreements_and_writes_the_sheet(digits_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(digits_dir, data)
@@ -82,9 +84,11 @@ def test_cli_lists_disagreements_and_writes_the_sheet(digits_dir, tmp_path):
     for row in rows:
         name, label, pred, _ = (c.strip() for c in row.split("|"))
         assert parse_label(name) == label and pred != label
-    assert Image.open(sheet).size[0] > 0
+    with Image.open(sheet) as im:  # one captioned tile per listed image, 6 to a row
+        assert im.width >= 160 * min(6, len(rows)) and im.height >= 72 * -(-len(rows) // 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, args, message", [
     ("nothing", [], "no images"),
     ("corrupt", [], "none of the labelled images"),

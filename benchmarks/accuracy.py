@@ -1,0 +1,167 @@
+"""Accuracy benchmark: the default training recipe on real captchas, scored on untouched images.
+
+Usage:
+    python benchmarks/accuracy.py                                   # everything (long: hours on 2 cores)
+    python benchmarks/accuracy.py --datasets percent4-digits --archs cnn --seeds 0 1 2
+    python benchmarks/accuracy.py --sizes 100 200 400 all           # the few-labels curve
+    python benchmarks/accuracy.py --quick                           # smoke run on generated captchas
+    python benchmarks/accuracy.py --archs crnn --train-args="--ema 0.99"   # a non-default recipe
+    python benchmarks/accuracy.py ... --markdown docs/results.md    # also write the table there
+
+For each seed the dataset is split once: 20% is held out as the test split that training never
+touches; the training images (all, or the first N of a seeded shuffle) are trained on with
+default flags, which hold out their own 10% for picking the best epoch. The table gives
+whole-captcha accuracy mean and worst over seeds, per-position and character accuracy (means),
+the mean accuracy of the int8 ONNX export (calibrated on the training images; needs onnx and
+onnxruntime), training wall time and model size. If ddddocr is installed, its zero-shot reading
+of the same test splits is added, restricted to the dataset's alphabet.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from common import DATASETS, machine, publish, split_files
+
+from cli import HelpFormatter, train_config
+from crossread import train_on
+from dataset import infer_alphabet, list_images, parse_label
+from metrics import score
+from recognizer import CaptchaRecognizer, predict_files
+from synthetic import generate
+from training import TrainConfig
+
+
+def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
+    """``score`` on ``test``, plus ``wrong``: the misread files as ``name->prediction``."""
+    results = predict_files(rec, test)
+    preds, labels = [r["prediction"] for r in results], [parse_label(r["path"]) for r in results]
+    wrong = [f"{Path(r['path']).name}->{p}" for r, p, t in zip(results, preds, labels) if p != t]
+    return {**score(preds, labels), "wrong": wrong}
+
+
+def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], test: Sequence[Path]) -> float | None:
+    """Whole-captcha test accuracy of the int8 ONNX export calibrated on the training images
+    (``torch_model_export.py --int8``), or None without onnx/onnxruntime."""
+    try:
+        from export import calibration_arrays, export_int8
+        int8 = export_int8(ckpt, ckpt.with_suffix(".int8.onnx"), calibration_arrays(train_files, rec.spec))
+    except ImportError:
+        return None
+    return test_score(CaptchaRecognizer(int8), test)["sequence_accuracy"]
+
+
+def run_one(files: Sequence[Path], test: Sequence[Path], cfg: TrainConfig, workdir: Path) -> dict[str, Any]:
+    """Train ``cfg`` on ``files``; score the checkpoint on ``test``."""
+    out = workdir / f"{cfg.arch}-{cfg.seed}-{len(files)}.pth"
+    seconds = train_on(files, cfg, out)
+    rec = CaptchaRecognizer(out)
+    s = test_score(rec, test)
+    return {**s, "seconds": seconds, "size_mb": out.stat().st_size / 1e6, "int8": int8_score(out, rec, files, test)}
+
+
+def ddddocr_scores(test: Sequence[Path], alphabet: str) -> dict[str, Any] | None:
+    try:
+        import ddddocr
+    except ImportError:
+        return None
+    ocr = ddddocr.DdddOcr(show_ad=False)
+    ocr.set_ranges(alphabet)
+    preds = [ocr.classification(f.read_bytes()) for f in test]
+    return score(preds, [parse_label(f) for f in test])
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    seq = [r["sequence_accuracy"] for r in runs]
+    pos = [statistics.mean(r["position_accuracy"][i] for r in runs) for i in range(len(runs[0]["position_accuracy"]))]
+    return {"mean": statistics.mean(seq), "worst": min(seq), "pos": pos,
+            "char": statistics.mean(r["character_accuracy"] for r in runs),
+            "seconds": statistics.mean(r.get("seconds", 0) for r in runs),
+            "size_mb": runs[0].get("size_mb"), "test": runs[0]["n"],
+            "int8": statistics.mean(r["int8"] for r in runs) if all(r.get("int8") is not None for r in runs)
+            else None}
+
+
+def format_table(rows: list[tuple[str, str, str, list[int], dict[str, Any]]]) -> str:
+    lines = ["| dataset | arch | train images | seeds | test images | whole-captcha acc. mean / worst | "
+             "per-position acc. | char. acc. | int8 ONNX acc. mean | train time | model size |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ds, arch, n, seeds, s in rows:
+        pos = " / ".join(f"{p:.3f}" for p in s["pos"])
+        t = f"{s['seconds']:.0f} s" if s["seconds"] else "none"
+        size = f"{s['size_mb']:.1f} MB" if s["size_mb"] else "pretrained"
+        int8 = f"{100 * s['int8']:.2f}%" if s["int8"] is not None else "n/a"
+        lines.append(f"| {ds} | {arch} | {n} | {','.join(map(str, seeds))} | {s['test']} | "
+                     f"{100 * s['mean']:.2f}% / {100 * s['worst']:.2f}% | {pos} | {100 * s['char']:.2f}% | {int8} "
+                     f"| {t} | {size} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Accuracy of the default recipe on real captchas.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS),
+                   help="dataset names under ../shared/data, or folders")
+    p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures")
+    p.add_argument("--sizes", nargs="+", default=["all"], help="training set sizes ('all' or a number)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (split, init, augmentation)")
+    p.add_argument("--quick", action="store_true", help="smoke run: generated captchas, 1 seed, 2 epochs")
+    p.add_argument("--train-args", default="", metavar="FLAGS",
+                   help="extra torch_model_train.py flags to measure instead of the default recipe, "
+                        "e.g. --train-args='--ema 0.99'; shown in the arch column")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table into FILE (e.g. docs/results.md)")
+    return p.parse_args(argv)
+
+
+def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainConfig,
+                 workdir: Path) -> list[tuple[str, str, str, list[int], dict[str, Any]]]:
+    """Table rows for one dataset: every size and arch over the seeds, then ddddocr's."""
+    files = list_images([folder])
+    alphabet = infer_alphabet(parse_label(f) or "" for f in files)
+    rows = []
+    for size in args.sizes:
+        n = None if size == "all" else int(size)
+        for arch in args.archs:
+            runs = []
+            for seed in args.seeds:
+                train_files, test = split_files(files, seed, n)
+                runs.append(run_one(train_files, test, replace(base, arch=arch, seed=seed), workdir))
+                print(f"  {name} {arch} n={len(train_files)} seed {seed}: "
+                      f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s; "
+                      f"wrong: {' '.join(runs[-1]['wrong']) or 'none'}", file=sys.stderr)
+            rows.append((name, f"{arch} {args.train_args}".strip(), str(len(train_files)), args.seeds,
+                         summarize(runs)))
+    dd = [ddddocr_scores(split_files(files, seed, None)[1], alphabet) for seed in args.seeds]
+    if all(dd):
+        rows.append((name, "ddddocr (zero-shot)", "0", args.seeds, summarize(dd)))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    extra = shlex.split(args.train_args)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        folders = {name: str(DATASETS.get(name, name)) for name in args.datasets}
+        if args.quick:
+            generate(workdir / "generated", 60, seed=4, show=False)
+            folders, args.seeds = {"generated": str(workdir / "generated")}, args.seeds[:1]
+            extra = ["--epochs", "2", *extra]
+        base = train_config(extra)
+        rows = []
+        for name, folder in folders.items():
+            if not Path(folder).is_dir() or not list_images([folder]):
+                print(f"error: no images in {folder}", file=sys.stderr)
+                return 1
+            rows += bench_folder(name, folder, args, base, workdir)
+    return publish(f"{format_table(rows)}\n\n{machine()}", args.markdown, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

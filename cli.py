@@ -1,0 +1,112 @@
+"""What the scripts' command lines share: the ``--help`` formatter, flag types that reject a bad
+value with one line naming the flag and its valid range (exit 2, before any work), and the
+training flags (used by ``torch_model_train.py`` and by ``--train-args`` elsewhere)."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Sequence
+
+from augment import STROKES
+from training import DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each flag's default, unless its help text already says it or it is None or ''."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default" in text or action.default in (None, "") else super()._get_help_string(action)
+
+
+def _number(kind: type, ok: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``50x22`` -> ``(50, 22)`` (width, height)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must look like 50x22 (width x height), not {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1x1, got {text}")
+    return w, h
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The flags of ``torch_model_train.py``; ``--train-args`` of check_labels.py and the
+    benchmarks takes the same ones."""
+    p = argparse.ArgumentParser(description="Train a captcha recognizer on file-name-labelled images.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--data", nargs="*", default=None, metavar="DIR",
+                   help="folders/files of labelled images (default: train_images, unless --synthetic alone)")
+    p.add_argument("--arch", choices=["cnn", "crnn"], default="cnn", help="model family")
+    p.add_argument("--epochs", type=positive_int, default=None, metavar="N",
+                   help=f"passes over the data (default: enough for about {DEFAULT_STEPS} optimizer steps, "
+                        f"{SMALL_SET_STEPS} under {SMALL_SET} training images; at least {MIN_EPOCHS} epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
+                   help="images per step (per process under torchrun)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--label-smoothing", type=fraction, default=0.1, help="CNN cross-entropy label smoothing")
+    p.add_argument("--clip-grad", type=non_negative_float, default=5.0, help="gradient-norm clipping (0: off)")
+    p.add_argument("--ema", type=fraction, default=0.0,
+                   help="decay of the exponential moving average of the weights that is validated and "
+                        "saved (0: off, save the raw weights)")
+    p.add_argument("--val-split", type=fraction, default=0.1, help="fraction held out for validation")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
+    p.add_argument("--out", default="captcha_recognize.pth", metavar="PTH", help="best checkpoint path")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help="continue from CKPT (default: <out>_last.pth)")
+    p.add_argument("--init-from", metavar="CKPT", help="start from these weights (fine-tuning)")
+    p.add_argument("--alphabet", help="characters to recognise (default: those in the labels)")
+    p.add_argument("--length", type=positive_int, metavar="N", help="label length for the CNN (default: from the labels)")
+    p.add_argument("--img-size", type=image_size, metavar="WxH",
+                   help="model input size (default: most common image size, scaled to at most 24 high for the "
+                        "cnn, 32 for the crnn)")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="3 = colour, 1 = grey (default: cnn 3, crnn 1)")
+    p.add_argument("--splice", type=probability, default=None, metavar="P",
+                   help="probability per image of swapping its text after a character boundary, with "
+                        "the label, for another image's (default: 0.5 for the cnn; for the crnn 0.5 on "
+                        "fixed-pitch text, else 0)")
+    p.add_argument("--strokes", choices=list(STROKES), default="arcs",
+                   help="noise strokes drawn across training images: 'arcs' = two, lines or circle arcs "
+                        "1-2 pixels wide; 'line' = one straight line")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--synthetic", type=non_negative_int, default=0, metavar="N",
+                   help="add N freshly generated captchas per epoch (needs --alphabet and --length "
+                        "when there is no --data)")
+    p.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
+                   help="DataLoader worker processes (default: up to 4, one per core, on CUDA or with "
+                        "--synthetic; else 0)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                   help="mixed precision on CUDA (auto: bf16 if supported, else fp16); CPU runs fp32")
+    p.add_argument("--show-errors", type=non_negative_int, default=10, metavar="N",
+                   help="validation mistakes shown at the end")
+    p.add_argument("--plot", default="auto", metavar="PNG", help="training-curve PNG (auto: <out>.png; 'none' to skip)")
+    return p
+
+
+def train_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Training flags as a ``TrainConfig`` (``--no-augment`` is ``augment=False``)."""
+    args = train_parser().parse_args(argv)
+    fields = {k: v for k, v in vars(args).items() if k != "no_augment"}
+    return TrainConfig(**fields, augment=not args.no_augment)

@@ -1,0 +1,149 @@
+"""Reading captchas with a trained model: the Python API and the one batched inference loop.
+
+    from recognizer import CaptchaRecognizer
+    r = CaptchaRecognizer("captcha_recognize.pth")      # or an exported .onnx file
+    text, confidence = r.predict("new_images/3568.png")  # path, bytes, PIL image or array
+    results = r.predict_batch([...])
+
+``infer`` is the loop that validation during training, prediction, the benchmarks and the
+ONNX export's verification all run: normalize a batch of uint8 images, get logits, decode.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import torch
+
+from checkpoint import ModelSpec, build_from_checkpoint, load_checkpoint, load_onnx
+from dataset import ImageInput, LabelConverter, decode_files, normalize, open_image, parse_label, to_arrays, warn_skipped
+
+CPU_CHUNK = 64  # images per worker task on the CPU
+T, R = TypeVar("T"), TypeVar("R")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda if present, then mps, else cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def infer(logits_fn: Callable[[torch.Tensor], torch.Tensor], converter: LabelConverter, arrays: torch.Tensor,
+          batch_size: int = 256) -> tuple[list[str], list[float]]:
+    """Texts and confidences for uint8 images ``(N, C, H, W)`` already at the model's input size."""
+    texts: list[str] = []
+    confs: list[float] = []
+    for i in range(0, len(arrays), batch_size):
+        t, c = converter.decode(logits_fn(normalize(arrays[i:i + batch_size])))  # (B, C, H, W) -> logits
+        texts += t
+        confs += c
+    return texts, confs
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, converter: LabelConverter, arrays: torch.Tensor,
+             device: torch.device | str = "cpu", batch_size: int = 256) -> tuple[list[str], list[float]]:
+    """``infer`` with a PyTorch model in eval mode (its training mode is restored after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return infer(lambda x: model(x.to(device)), converter, arrays, batch_size)
+    finally:
+        model.train(was_training)
+
+
+class CaptchaRecognizer:
+    """A trained model ready to read captchas: ``.pth`` checkpoints (PyTorch) or ``.onnx``
+    exports (onnxruntime). Preprocessing and decoding are the training ones."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256,
+                 workers: int | None = None):
+        self.path, self.batch_size = Path(path), batch_size
+        self.device = pick_device(device)
+        self.workers = workers or torch.get_num_threads()
+        self.model, self.session = None, None
+        if self.path.suffix == ".onnx":
+            self.session, self.model_spec = load_onnx(self.path, threads=1)  # parallel over chunks instead
+        else:
+            ckpt = load_checkpoint(self.path)
+            self.model_spec = ModelSpec.from_checkpoint(ckpt)
+            self.model = build_from_checkpoint(ckpt, self.device)
+        self.converter = self.model_spec.converter
+        self.spec = self.model_spec.preprocess
+        self.arch = self.model_spec.arch
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Model logits for a normalized batch ``(B, C, H, W)``."""
+        if self.session is not None:
+            return torch.from_numpy(self.session.run(None, {"images": x.contiguous().numpy()})[0])
+        with torch.inference_mode():
+            return self.model(x.to(self.device)).cpu()
+
+    def predict_arrays(self, arrays: torch.Tensor) -> list[tuple[str, float]]:
+        """Texts and confidences for uint8 images ``(N, C, H, W)`` already at the input size."""
+        return list(zip(*infer(self.logits, self.converter, arrays, self.batch_size)))
+
+    def map_chunks(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
+        """``fn`` on consecutive chunks of ``items``, in order, run by ``self.workers`` threads.
+
+        On the CPU each thread decodes its chunk and runs the model on it with one core, so
+        decoding (Python and Pillow, one core) never waits for the model nor the model for it,
+        and the cores are not oversubscribed. Chunks are small so all cores stay busy to the end.
+        """
+        cpu = self.device.type == "cpu"
+        size = min(self.batch_size, CPU_CHUNK) if cpu else self.batch_size
+        parts = [items[i:i + size] for i in range(0, len(items), size)]
+        if len(parts) <= 1 or self.workers <= 1:
+            return [fn(p) for p in parts]
+        threads = torch.get_num_threads()
+
+        def work(part: Sequence[T]) -> R:
+            if cpu and self.session is None:
+                torch.set_num_threads(1)
+            return fn(part)
+
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                return list(pool.map(work, parts))
+        finally:  # OpenMP builds keep the setting per thread; other thread pools share it
+            torch.set_num_threads(threads)
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[tuple[str, float]]:
+        """Read several images at once: ``[(text, confidence), ...]``."""
+        def run(part: Sequence[ImageInput]) -> list[tuple[str, float]]:
+            return self.predict_arrays(to_arrays([open_image(im) for im in part], self.spec))
+        return [r for chunk in self.map_chunks(run, images) for r in chunk]
+
+    def predict(self, image: ImageInput) -> tuple[str, float]:
+        """Read one image: ``(text, confidence)``."""
+        return self.predict_batch([image])[0]
+
+    def label_of(self, path: str | os.PathLike) -> str | None:
+        """The label in a file name, if it is one this model could read."""
+        label = parse_label(path, self.converter.alphabet)
+        return label if label is not None and self.converter.accepts(label) else None
+
+
+def predict_files(rec: CaptchaRecognizer, files: Sequence[Path]) -> list[dict[str, Any]]:
+    """One result dict per readable file (unreadable ones are skipped with one warning):
+    ``path``, ``prediction``, ``confidence``, and ``label`` / ``correct`` when the name is a label."""
+    def run(part: Sequence[Path]) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+        images, ok, bad = decode_files(part)
+        if not images:
+            return [], bad
+        results = []
+        for path, (text, conf) in zip(ok, rec.predict_arrays(to_arrays(images, rec.spec))):
+            label = rec.label_of(path)
+            results.append({"path": str(path), "prediction": text, "confidence": round(conf, 6),
+                            "label": label, "correct": None if label is None else text == label})
+        return results, bad
+    chunks = rec.map_chunks(run, files)
+    warn_skipped([b for _, bad in chunks for b in bad])
+    return [r for results, _ in chunks for r in results]

@@ -1,0 +1,137 @@
+"""The checkpoint format: what it holds, the round trip, older checkpoints, refused and broken files."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from checkpoint import CheckpointError, ModelSpec, build_from_checkpoint, load_checkpoint
+from conftest import fresh_checkpoint, run_script
+from dataset import list_images, load_images, to_arrays
+from model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
+from recognizer import CaptchaRecognizer, evaluate
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_everything_prediction_needs(cnn_ckpt):
+    ckpt = load_checkpoint(cnn_ckpt)
+    assert ModelSpec.from_checkpoint(ckpt).to_meta() == {
+        "arch": "cnn", "alphabet": "0123456789", "label_length": 4,
+        "preprocess": {"width": 50, "height": 22, "channels": 3}}
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    assert ckpt["optimizer"] is None  # the best checkpoint stays small; *_last.pth holds it
+    assert not os.path.exists(str(cnn_ckpt).replace(".pth", "_last.pth"))  # removed after a full run
+
+
+@pytest.mark.slow
+def test_round_trip_gives_the_same_predictions(cnn_ckpt, digits_dir, tmp_path):
+    ckpt = load_checkpoint(cnn_ckpt)
+    model = build_from_checkpoint(ckpt)
+    images, paths = load_images(list_images([digits_dir]))
+    spec = ModelSpec.from_checkpoint(ckpt)
+    before, conf_before = evaluate(model, spec.converter, to_arrays(images, spec.preprocess))
+    torch.save(ckpt, tmp_path / "copy.pth")
+    rec = CaptchaRecognizer(tmp_path / "copy.pth")
+    after = rec.predict_batch(paths)
+    assert [t for t, _ in after] == before
+    assert [c for _, c in after] == pytest.approx(conf_before, rel=1e-5)
+    assert rec.predict(paths[0]) == after[0]
+    # the short training actually learned its images
+    labels = [p.name[:4] for p in paths]
+    assert sum(p == t for p, t in zip(before, labels)) >= 0.9 * len(labels)
+
+
+def load_as_saved(ckpt: dict, saved_args: dict, build_args: dict, tmp_path) -> CaptchaRecognizer:
+    """Save weights built from ``build_args`` with ``saved_args`` as model_args, as an older version
+    would have; load them; check that the weights came back and read as the saved model does."""
+    old = build_model(ModelConfig(**build_args)).eval()
+    torch.save({**ckpt, "model_args": saved_args, "model": old.state_dict()}, tmp_path / "old.pth")
+    rec = CaptchaRecognizer(tmp_path / "old.pth")
+    loaded = rec.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in old.state_dict().items())
+    x = torch.rand(2, build_args["in_channels"], build_args["img_h"], build_args["img_w"]) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(rec.logits(x), old(x), atol=1e-5)
+    return rec
+
+
+@pytest.mark.parametrize("arch, field, classic", [("cnn", "cnn_channels", CLASSIC_CNN_CHANNELS),
+                                                  ("crnn", "crnn_channels", CLASSIC_CRNN_CHANNELS)])
+def test_checkpoint_from_before_the_width_fields_loads_the_classic_widths(arch, field, classic, tmp_path):
+    ckpt = load_checkpoint(fresh_checkpoint(tmp_path / "new.pth", arch=arch))
+    args = {k: v for k, v in ckpt["model_args"].items() if k != field}  # as older versions saved
+    rec = load_as_saved(ckpt, args, {**args, field: classic}, tmp_path)
+    assert rec.model.features[0].out_channels == classic[0] == 32
+
+
+def test_crnn_checkpoint_keeps_its_own_gru_size(tmp_path):
+    ckpt = load_checkpoint(fresh_checkpoint(tmp_path / "new.pth", arch="crnn"))
+    assert ckpt["model_args"]["rnn_hidden"] == ModelConfig().rnn_hidden == 96
+    args = {**ckpt["model_args"], "rnn_hidden": 128}  # saved when 128 was the default
+    rec = load_as_saved(ckpt, args, args, tmp_path)
+    assert rec.model.rnn.hidden_size == 128
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_marker",))
+
+
+@pytest.mark.slow
+def test_pickled_code_is_refused_not_run(tmp_path):
+    bad = tmp_path / "evil.pth"
+    torch.save({"format": "captcha-recognize/1", "model": Exploit()}, bad)
+    refusal = "holds pickled objects that a weights-only load does not allow"  # not "refused": tmp_path has it
+    with pytest.raises(CheckpointError, match=refusal):
+        load_checkpoint(bad)
+    r = run_script("torch_model_predict.py", str(tmp_path), "--checkpoint", str(bad), cwd=tmp_path)
+    assert r.returncode == 2 and refusal in r.stderr
+    assert not (tmp_path / "pwned_marker").exists()
+
+
+@pytest.mark.slow
+def test_missing_foreign_and_corrupt_checkpoints_exit_2(tmp_path, digits_dir):
+    foreign = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, foreign)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 garbage")
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    for ckpt, msg in [(tmp_path / "none.pth", "no checkpoint"), (foreign, "not a captcha checkpoint"),
+                      (corrupt, "not a readable PyTorch checkpoint"), (text, "not a torch.save file")]:
+        r = run_script("torch_model_predict.py", str(digits_dir), "--checkpoint", str(ckpt))
+        assert r.returncode == 2, r.stderr
+        assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_weights_that_do_not_fit_the_config_are_a_checkpoint_error(fresh_ckpt, tmp_path):
+    ckpt = load_checkpoint(fresh_ckpt)
+    ckpt["model_args"]["n_positions"] = 5
+    torch.save(ckpt, tmp_path / "mismatch.pth")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        CaptchaRecognizer(tmp_path / "mismatch.pth")
+
+
+def test_incomplete_checkpoint_names_what_is_missing(fresh_ckpt, tmp_path):
+    ckpt = load_checkpoint(fresh_ckpt)
+    del ckpt["alphabet"], ckpt["preprocess"]
+    torch.save(ckpt, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="missing alphabet, preprocess"):
+        load_checkpoint(tmp_path / "partial.pth")
+
+
+def test_save_is_atomic_and_leaves_no_temporary_file(fresh_ckpt, tmp_path, monkeypatch):
+    from checkpoint import atomic_save
+    target = tmp_path / "m.pth"
+    target.write_bytes(fresh_ckpt.read_bytes())
+    before = target.read_bytes()
+
+    def broken_save(obj, f):
+        open(f, "wb").write(b"half")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_save({"x": 1}, target)
+    assert target.read_bytes() == before  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]

@@ -1,0 +1,120 @@
+"""The scripts' command lines: the predict report and JSON, bad input as one line, the contact
+sheet, closed pipes, and --help."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from cli import HelpFormatter
+from conftest import ROOT, run_script
+
+
+
+@pytest.mark.slow
+def test_predict_cli_report_and_json(cnn_ckpt, digits_dir, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    files = sorted(digits_dir.iterdir())[:6]
+    for f in files:
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "unlabelled.png").write_bytes(files[0].read_bytes())
+    (folder / "9999.png").write_bytes(b"")
+    r = run_script("torch_model_predict.py", str(folder), "--checkpoint", str(cnn_ckpt), "--json", "-")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert len(report["files"]) == 7 and "9999.png" in r.stderr  # the empty file is reported, skipped
+    by_name = {os.path.basename(f["path"]): f for f in report["files"]}
+    assert by_name["unlabelled.png"]["label"] is None and by_name["unlabelled.png"]["correct"] is None
+    first = by_name[files[0].name]
+    assert first["label"] == files[0].name[:4]
+    assert first["correct"] == (first["prediction"] == first["label"])
+    s = report["summary"]
+    assert s["n"] == 7 and s["labelled"] == 6 and len(s["position_accuracy"]) == 4
+    right = sum(f["correct"] for f in report["files"] if f["correct"] is not None)
+    assert s["sequence_accuracy"] == pytest.approx(right / 6)
+    assert "Accuracy 1:" in r.stderr and "characters wrong" in r.stderr
+
+
+@pytest.mark.slow
+def test_predict_cli_without_labels_has_no_accuracy(cnn_ckpt, digits_dir, tmp_path):
+    f = sorted(digits_dir.iterdir())[0]
+    (tmp_path / "captcha.png").write_bytes(f.read_bytes())
+    r = run_script("torch_model_predict.py", str(tmp_path / "captcha.png"), "--checkpoint", str(cnn_ckpt),
+                   "--json", str(tmp_path / "r.json"))
+    assert r.returncode == 0 and "Accuracy" not in r.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"] == {"n": 1}
+
+
+@pytest.mark.slow
+def test_predict_cli_nothing_readable_exits_1(cnn_ckpt, tmp_path):
+    (tmp_path / "1234.png").write_text("nope")
+    r = run_script("torch_model_predict.py", str(tmp_path), "--checkpoint", str(cnn_ckpt))
+    assert r.returncode == 1 and "no readable images" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_script("torch_model_predict.py", str(empty), "--checkpoint", str(cnn_ckpt))
+    assert r.returncode == 1
+
+
+@pytest.mark.slow
+def test_train_cli_bad_data_is_one_line(tmp_path):
+    r = run_script("torch_model_train.py", "--data", str(tmp_path), "--out", str(tmp_path / "x.pth"))
+    assert r.returncode == 1 and r.stderr.strip().startswith("error: no images")
+    assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.slow
+def test_errors_contact_sheet_shows_the_misread_images(cnn_ckpt, digits_dir, tmp_path):
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    files = sorted(digits_dir.iterdir())[:3]
+    for i, f in enumerate(files):  # give two images labels they cannot match
+        name = f.name if i == 0 else f"{'0000' if f.name[:4] != '0000' else '1111'}_{i}.png"
+        (folder / name).write_bytes(f.read_bytes())
+    sheet = tmp_path / "errors.png"
+    r = run_script("torch_model_predict.py", str(folder), "--checkpoint", str(cnn_ckpt), "--errors", str(sheet))
+    assert r.returncode == 0, r.stderr
+    n_wrong = r.stdout.count("WRONG")
+    assert n_wrong >= 2 and f"wrote {n_wrong} misread images" in r.stderr
+    with Image.open(sheet) as im:
+        assert im.width >= 160 * n_wrong  # one captioned tile per misread image, side by side
+
+
+@pytest.mark.slow
+def test_predict_into_a_closed_pipe_exits_without_traceback(cnn_ckpt, digits_dir):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` that has already stopped reading
+    try:
+        r = subprocess.run([sys.executable, str(ROOT / "torch_model_predict.py"), str(digits_dir), "--checkpoint",
+                            str(cnn_ckpt)], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_help_shows_each_default_once():
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    p.add_argument("--a", type=int, default=3, help="plain")
+    p.add_argument("--b", default=None, help="computed later")
+    p.add_argument("--c", default="x", help="own wording (default: the folder's)")
+    p.add_argument("--d", default="", help="empty")
+    text = " ".join(p.format_help().split())
+    assert "plain (default: 3)" in text and "(default: None)" not in text and "(default: )" not in text
+    assert "(default: the folder's)" in text and "(default: x)" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["torch_model_train.py", "torch_model_predict.py", "torch_model_export.py",
+                                    "check_labels.py", "make_captchas.py", "benchmarks/accuracy.py",
+                                    "benchmarks/speed.py"])
+def test_script_help_lists_defaults(script):
+    r = run_script(script, "--help")
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0 and "(default: " in text and "(default: None)" not in text

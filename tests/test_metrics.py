@@ -1,0 +1,55 @@
+"""Scores, edit distance, confusions, the mistakes table, the report and the contact sheet."""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from metrics import build_report, confused_pairs, contact_sheet, edit_distance, format_results, mistakes_table, score
+
+
+@pytest.mark.parametrize("a, b, d", [("", "", 0), ("abc", "abc", 0), ("abc", "abd", 1), ("abc", "ab", 1),
+                                     ("ab", "ba", 2), ("", "abcd", 4), ("kitten", "sitting", 3)])
+def test_edit_distance(a, b, d):
+    assert edit_distance(a, b) == d == edit_distance(b, a)
+
+
+def test_score_counts_positions_characters_and_sequences():
+    s = score(["1234", "1235", "123", "9234"], ["1234", "1234", "1234", "1234"])
+    assert s["correct"] == 1 and s["sequence_accuracy"] == 0.25
+    assert s["position_accuracy"] == [0.75, 1.0, 1.0, 0.5]
+    assert s["characters_wrong"] == 3 and s["character_accuracy"] == pytest.approx(1 - 3 / 16)
+
+
+def test_score_of_a_ctc_reading_that_drops_a_character_is_one_wrong_not_a_shifted_tail():
+    s = score(["bcd"], ["abcd"])
+    assert s["characters_wrong"] == 1 and s["position_accuracy"] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_confused_pairs_are_the_most_frequent_swaps():
+    pairs = confused_pairs(["1734", "1784", "7777", "123"], ["1234", "1234", "1777", "34"])
+    assert pairs[0] == ("2", "7", 2)
+    assert sorted(pairs[1:]) == [("1", "7", 1), ("3", "8", 1)]  # "123" against "34": another length, not counted
+
+
+def test_mistakes_table_lists_only_the_misread_up_to_the_limit():
+    names, labels, preds = ["a.png", "b.png", "c.png"], ["1111", "2222", "3333"], ["1111", "2229", "3339"]
+    table = mistakes_table(names, labels, preds, [0.9, 0.5, 0.4], limit=1)
+    assert table.splitlines()[1].split("|")[-1].strip() == "b.png" and len(table.splitlines()) == 2
+    assert mistakes_table(names, labels, labels, [1.0] * 3) == "no mistakes"
+
+
+def test_report_scores_only_the_labelled_files():
+    results = [{"path": "1234.png", "prediction": "1234", "confidence": 0.9, "label": "1234", "correct": True},
+               {"path": "1111.png", "prediction": "1117", "confidence": 0.4, "label": "1111", "correct": False},
+               {"path": "x.png", "prediction": "5555", "confidence": 0.8, "label": None, "correct": None}]
+    s = build_report(results)["summary"]
+    assert s["n"] == 3 and s["labelled"] == 2 and s["sequence_accuracy"] == 0.5 and s["characters_wrong"] == 1
+    text = format_results(results)
+    assert "WRONG (label 1111)" in text and "2 of 3 file names are labels" in text and "1->7 x1" in text
+
+
+def test_contact_sheet_has_one_tile_per_image(tmp_path):
+    img = Image.new("RGB", (100, 40), "white")
+    contact_sheet([(img, "1234", "1284", 0.5)] * 8, tmp_path / "s.png", columns=6)
+    with Image.open(tmp_path / "s.png") as sheet:
+        assert sheet.size == (6 * 168, 2 * 72)  # 6 columns, 2 rows of 50-pixel tiles with captions

@@ -1,0 +1,82 @@
+"""The Python API: every input form reads the same, and the parallel folder pipeline reads like one worker."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recognizer import CPU_CHUNK, CaptchaRecognizer, infer, predict_files
+from dataset import LabelConverter
+
+
+def test_recognizer_accepts_path_bytes_pil_and_array(fresh_ckpt, digits_dir):
+    rec = CaptchaRecognizer(fresh_ckpt)
+    files = sorted(digits_dir.iterdir())
+    readings = rec.predict_batch(files[:8])
+    assert len(set(readings)) > 1  # the test images read differently, so a mix-up would show
+    f = files[0]
+    img = Image.open(f)
+    img.load()
+    by_path = rec.predict(f)
+    assert by_path == readings[0]
+    assert rec.predict(str(f)) == by_path
+    assert rec.predict(f.read_bytes()) == by_path
+    assert rec.predict(img) == by_path
+    assert rec.predict(np.asarray(img)) == by_path
+    buf = io.BytesIO()
+    img.convert("RGBA").save(buf, "PNG")  # a different mode of the same pixels reads the same
+    assert rec.predict(buf.getvalue())[0] == by_path[0]
+    assert rec.predict_batch([]) == []
+
+
+def test_confidence_is_the_product_of_the_chosen_probabilities(fresh_ckpt, digits_dir):
+    rec = CaptchaRecognizer(fresh_ckpt)
+    f = sorted(digits_dir.iterdir())[0]
+    from dataset import preprocess
+    logits = rec.logits(preprocess([f], rec.spec))  # (1, P, K)
+    probs = logits.softmax(-1)[0]
+    text, conf = rec.predict(f)
+    assert text == "".join(rec.converter.alphabet[k] for k in probs.argmax(-1).tolist())
+    assert conf == pytest.approx(probs.max(-1).values.prod().item(), rel=1e-5)
+
+
+def test_infer_batches_in_order():
+    conv = LabelConverter("ab", 1)
+    arrays = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1) * 60  # image i is the grey value 60 * i
+    seen = []
+
+    def logits(x):  # "a" for dark images, "b" for light ones
+        seen.append(len(x))
+        light = (x.flatten(1)[:, 0] > 0).float()
+        return torch.stack([1 - light, light], 1).unsqueeze(1) * 10  # (B, 1, 2)
+    texts, _ = infer(logits, conv, arrays, batch_size=2)
+    assert texts == ["a", "a", "a", "b", "b"] and seen == [2, 2, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["cnn_ckpt", "crnn_ckpt"])
+def test_parallel_chunks_read_like_one_worker_in_order(which, request, digits_dir, tmp_path, capsys):
+    ckpt = request.getfixturevalue(which)
+    files = sorted(digits_dir.iterdir()) * 3  # several chunks
+    assert len(files) > 2 * CPU_CHUNK
+    bad = [tmp_path / "0000.png", tmp_path / "1111.png"]
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(b"\x89PNG broken")
+    files = bad[:1] + files + bad[1:]  # one bad file in the first chunk, one in the last
+    one = predict_files(CaptchaRecognizer(ckpt, workers=1), files)
+    capsys.readouterr()
+    rec = CaptchaRecognizer(ckpt, workers=2)
+    threads = torch.get_num_threads()
+    many = predict_files(rec, files)
+    assert torch.get_num_threads() == threads  # restored after the workers
+    assert [r["path"] for r in many] == [str(f) for f in files[1:-1]]
+    assert [r["prediction"] for r in many] == [r["prediction"] for r in one]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 2 unreadable images" in err[0]
+    assert rec.predict_batch(files[1:-1]) == [(r["prediction"], pytest.approx(r["confidence"], abs=1e-5))
+                                              for r in one]
+
+
