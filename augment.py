@@ -61,6 +61,8 @@ def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator | None = None) -
 def column_spread(arrays: torch.Tensor, sample: int = 5000) -> torch.Tensor:
     """How much each column's pixels vary across a set of images ``(W,)``. Looks at the
     first ``sample`` images, so large sets are not copied to float whole."""
+    if len(arrays) < 2:  # nothing varies across one image
+        return torch.zeros(arrays.shape[-1])
     return arrays[:sample].float().std(0).mean(dim=(0, 1))  # (W,) from (N, C, H, W)
 
 

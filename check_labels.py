@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from checkpoint import CheckpointError
 from cli import HelpFormatter, positive_int, train_config
 from crossread import cross_read, suspects
@@ -55,6 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.safe_console()
     args = parse_args(argv)
     cfg = replace(train_config(shlex.split(args.train_args)), arch=args.arch, seed=args.seed)
     try:

@@ -7,6 +7,7 @@ import argparse
 from typing import Callable, Sequence
 
 from augment import STROKES
+from dataset import CASES
 from training import DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
 
 
@@ -73,11 +74,20 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", type=fraction, default=0.1, help="fraction held out for validation")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
-    p.add_argument("--out", default="captcha_recognize.pth", metavar="PTH", help="best checkpoint path")
+    p.add_argument("--out", metavar="PTH",
+                   help="best checkpoint path (default: captcha_recognize.pth for train_images, else "
+                        "runs/<data folder>/model.pth)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue from CKPT (default: <out>_last.pth)")
     p.add_argument("--init-from", metavar="CKPT", help="start from these weights (fine-tuning)")
     p.add_argument("--alphabet", help="characters to recognise (default: those in the labels)")
+    p.add_argument("--case", choices=CASES,
+                   help="letter case of the labels: keep both cases apart, or fold them (default: keep, with "
+                        "a warning when the labels hold both cases of a letter)")
+    p.add_argument("--label-map", metavar="FILE",
+                   help="file of 'FROM TO' character pairs, one per line, for characters a file name cannot "
+                        "hold (e.g. 'x *': 3x4.png is the captcha 3*4)")
+    p.add_argument("--recursive", action="store_true", help="also read the images in the data folders' subfolders")
     p.add_argument("--length", type=positive_int, metavar="N", help="label length for the CNN (default: from the labels)")
     p.add_argument("--img-size", type=image_size, metavar="WxH",
                    help="model input size (default: most common image size, scaled to at most 24 high for the "
@@ -94,6 +104,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=non_negative_int, default=0, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "
                         "when there is no --data)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads (default: one per core, or OMP_NUM_THREADS)")
     p.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                    help="DataLoader worker processes (default: up to 4, one per core, on CUDA or with "
                         "--synthetic; else 0)")

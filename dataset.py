@@ -14,18 +14,19 @@ import os
 import random
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 LABEL_HELP = ("a label file name is the captcha text, optionally followed by '_' and anything, "
               "then the extension: '3568.png', 'b5pnn.png', '3568_2.png'")
+CASES = ("keep", "lower", "upper")
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -34,21 +35,78 @@ class DataError(ValueError):
     """Bad user data (empty folder, no labelled files, ...): shown as one line."""
 
 
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as text that prints on any console: bytes that are not UTF-8 become ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 # ---------------------------------------------------------------------------- labels
 
-def parse_label(path: str | os.PathLike, alphabet: str | None = None) -> str | None:
+@dataclass(frozen=True)
+class LabelRules:
+    """How a file name's text becomes a label: ``label_map`` turns characters that cannot be in
+    file names into the captcha's own (``x`` -> ``*``), then ``case`` folds letters."""
+    case: str = "keep"  # keep, lower, upper
+    label_map: tuple[tuple[str, str], ...] = ()  # (in the file name, in the label)
+
+    def apply(self, text: str) -> str:
+        mapping = dict(self.label_map)
+        text = "".join(mapping.get(c, c) for c in text)
+        return text.lower() if self.case == "lower" else text.upper() if self.case == "upper" else text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"case": self.case, "label_map": dict(self.label_map)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> LabelRules:
+        d = d or {}
+        return cls(d.get("case", "keep"), tuple(sorted((d.get("label_map") or {}).items())))
+
+
+def read_label_map(path: str | os.PathLike) -> tuple[tuple[str, str], ...]:
+    """A ``--label-map`` file: one ``FROM TO`` pair of single characters per line (``x *``);
+    blank lines and lines starting with ``#`` are ignored."""
+    pairs = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read --label-map {path}: {e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[0]) != 1 or len(parts[1]) != 1:
+            raise DataError(f"--label-map {path} line {n}: expected two single characters like 'x *', got {line!r}")
+        pairs.append((parts[0], parts[1]))
+    return tuple(sorted(pairs))
+
+
+def parse_label(path: str | os.PathLike, alphabet: str | None = None, rules: LabelRules | None = None) -> str | None:
     """The label encoded in a file name, or None if the name is not a label.
 
-    ``3568.png`` and ``3568_2.png`` are both ``3568``. Without an alphabet a label is
-    letters and digits; with one, every character must be in it.
+    ``3568.png`` and ``3568_2.png`` are both ``3568``. Without an alphabet a label is Unicode
+    letters and digits (and the characters ``rules`` maps); with one, every character of the
+    label must be in it. Names are compared in NFC form, as macOS file names are decomposed.
     """
-    name = os.path.basename(os.fspath(path))
-    label = re.split(r"[._]", name, maxsplit=1)[0]
-    if not label:
+    name = unicodedata.normalize("NFC", os.path.basename(os.fspath(path)))
+    text = re.split(r"[._]", name, maxsplit=1)[0]
+    rules = rules or LabelRules()
+    mapped = dict(rules.label_map)
+    if not text or not all(c.isalnum() or c in mapped for c in text):
         return None
-    if alphabet is None:
-        return label if LABEL_RE.match(label) else None
-    return label if all(c in alphabet for c in label) else None
+    label = rules.apply(text)
+    return label if alphabet is None or all(c in alphabet for c in label) else None
+
+
+def mixed_case(labels: Iterable[str]) -> list[str]:
+    """The letters that appear in the labels in both cases (``["a", "k"]``)."""
+    chars = set("".join(labels))
+    return sorted(c for c in chars if c.islower() and c.upper() in chars)
 
 
 def infer_alphabet(labels: Iterable[str]) -> str:
@@ -139,6 +197,33 @@ def auto_size(sizes: Sequence[tuple[int, int]], max_height: int = 24) -> tuple[i
     return w, h
 
 
+def array_to_image(arr: np.ndarray) -> Image.Image:
+    """An image from an array: ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` with 1, 3 or 4 channels.
+    uint8 is taken as is, 16-bit integers are scaled down, floats are read as 0..1 when they
+    stay within it (else 0..255), booleans as black and white."""
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
+        raise ValueError(f"an image array must be (H, W), (H, W, 3|4) or (3|4, H, W) and not empty, "
+                         f"got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64))
+        arr = np.clip(arr * (255 if arr.max(initial=0) <= 1 else 1), 0, 255).round().astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = to_8bit(arr.astype(np.float64), int(arr.max(initial=0)))
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def to_8bit(values: np.ndarray, top: int) -> np.ndarray:
+    """Integer samples as uint8: values above 255 mean a 16-bit range, scaled by 255/65535."""
+    scale = 255 / 65535 if top > 255 else 1.0
+    return np.clip(values * scale, 0, 255).round().astype(np.uint8)
+
+
 def open_image(src: ImageInput) -> Image.Image:
     """A fully decoded PIL image from a path, bytes, PIL image or array.
 
@@ -147,7 +232,7 @@ def open_image(src: ImageInput) -> Image.Image:
     if isinstance(src, Image.Image):
         return src
     if isinstance(src, np.ndarray):
-        return Image.fromarray(src)
+        return array_to_image(src)
     if isinstance(src, (bytes, bytearray)):
         src = io.BytesIO(src)
     img = Image.open(src)
@@ -155,11 +240,24 @@ def open_image(src: ImageInput) -> Image.Image:
     return img
 
 
+def eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit greyscale (``I;16``, ``I``, ``F``) as 8-bit ``L`` with its range kept:
+    Pillow's own conversion clips them at 255."""
+    if img.mode == "F":
+        return array_to_image(np.asarray(img, dtype=np.float32))
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535 if img.mode.startswith("I;16") else int(arr.max(initial=0))
+        return Image.fromarray(to_8bit(arr, top))
+    return img
+
+
 def image_to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
     """Any mode/size -> uint8 ``(C, H, W)`` at the model's input size.
 
-    Transparency is composited on white; palette/greyscale/CMYK become RGB or L.
+    Transparency is composited on white; palette/greyscale/CMYK/16-bit become RGB or L.
     """
+    img = eight_bit(img)
     opaque = img.mode in ("RGBA", "LA") and img.getchannel("A").getextrema()[0] == 255
     if not opaque and (img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)):
         rgba = img.convert("RGBA")
@@ -186,27 +284,36 @@ def preprocess(images: Sequence[ImageInput], spec: Preprocess) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- folders
 
-def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files in the given folders and/or files, sorted by name within each folder."""
+def list_images(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Image files in the given folders and/or files, sorted by name within each folder (with
+    ``recursive``, also in their subfolders). A folder whose images are all in subfolders is a
+    ``DataError`` that says so, unless ``recursive``."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if is_image_file(f))
+            if not found and not recursive and any(is_image_file(f) for f in p.rglob("*")):
+                raise DataError(f"no images directly in {shown(p)}, only in its subfolders: give --recursive "
+                                "to read them")
+            files += found
         elif p.is_file():
             files.append(p)
         else:
-            raise DataError(f"no such file or folder: {p}")
+            raise DataError(f"no such file or folder: {shown(p)}")
     return files
+
+
+def is_image_file(f: Path) -> bool:
+    return f.suffix.lower() in IMAGE_EXTS and f.is_file()
 
 
 def warn_skipped(bad: Sequence[tuple[Path, str]], what: str = "unreadable image") -> None:
     """One warning line naming how many files were skipped and which."""
     if bad:
-        names = ", ".join(f"{p.name} ({why})" for p, why in bad[:10])
+        names = ", ".join(f"{shown(p.name)} ({why})" for p, why in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        print(f"warning: skipped {len(bad)} {what}{'s' if len(bad) > 1 else ''}: {names}{more}",
-              file=sys.stderr)
+        print(f"warning: skipped {plural(len(bad), what)}: {names}{more}", file=sys.stderr)
 
 
 def decode_files(files: Sequence[Path]) -> tuple[list[Image.Image], list[Path], list[tuple[Path, str]]]:
@@ -238,16 +345,17 @@ class LabelledImages:
     paths: list[Path]
 
 
-def labelled_files(inputs: Sequence[str | os.PathLike], alphabet: str | None = None) -> list[Path]:
+def labelled_files(inputs: Sequence[str | os.PathLike], alphabet: str | None = None,
+                   rules: LabelRules | None = None, recursive: bool = False) -> list[Path]:
     """The image files whose names are labels; warns once about the others.
 
     Raises ``DataError`` if there are no images, or no name is a label.
     """
-    files = list_images(inputs)
-    where = ", ".join(map(str, inputs))
+    files = list_images(inputs, recursive)
+    where = ", ".join(map(shown, inputs))
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {where}")
-    labelled = [(f, parse_label(f, alphabet)) for f in files]
+    labelled = [(f, parse_label(f, alphabet, rules)) for f in files]
     unlabelled = [(f, "not a label") for f, lab in labelled if lab is None]
     if len(unlabelled) == len(files):
         raise DataError(f"none of the {len(files)} file names in {where} is a label: {LABEL_HELP}")
@@ -255,18 +363,17 @@ def labelled_files(inputs: Sequence[str | os.PathLike], alphabet: str | None = N
     return [f for f, lab in labelled if lab is not None]
 
 
-def read_labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = None) -> LabelledImages:
+def read_labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = None,
+                  rules: LabelRules | None = None, recursive: bool = False) -> LabelledImages:
     """Labelled images from folders/files; unlabelled names and unreadable files are skipped.
 
     Raises ``DataError`` if nothing usable remains.
     """
-    keep = labelled_files(inputs, alphabet)
-    where = ", ".join(map(str, inputs))
+    keep = labelled_files(inputs, alphabet, rules, recursive)
     images, ok = load_images(keep)
     if not images:
-        raise DataError(f"none of the {len(keep)} labelled images in {where} could be read")
-    labels = [parse_label(f, alphabet) for f in ok]
-    return LabelledImages(images, labels, ok)
+        raise DataError(f"none of the {len(keep)} labelled images in {', '.join(map(shown, inputs))} could be read")
+    return LabelledImages(images, [parse_label(f, alphabet, rules) for f in ok], ok)
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:

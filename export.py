@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from checkpoint import ONNX_META_KEY, ModelSpec, build_from_checkpoint, load_checkpoint
+from checkpoint import ONNX_META_KEY, ONNX_SHA_KEY, ModelSpec, build_from_checkpoint, load_checkpoint, onnx_weights_sha256
 from dataset import DataError, Preprocess, list_images, load_images, normalize, to_arrays
 from recognizer import CaptchaRecognizer
 
@@ -39,14 +39,22 @@ def export_onnx(ckpt_path: str | os.PathLike, out: str | os.PathLike, opset: int
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                               opset_version=opset, dynamo=False)
         proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = ONNX_META_KEY, json.dumps(spec.to_meta())
+        set_metadata(proto, {ONNX_META_KEY: json.dumps(spec.to_meta())})
         onnx.save(proto, str(tmp))
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+def set_metadata(proto: Any, entries: dict[str, str]) -> None:
+    """Replace the model's metadata with ``entries`` plus the SHA-256 of its own weights."""
+    entries = {**entries, ONNX_SHA_KEY: onnx_weights_sha256(proto)}
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, arrays: torch.Tensor,
@@ -75,8 +83,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, arrays: 
         quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
         proto = onnx.load(str(tmp))
-        for entry in onnx.load(str(onnx_path)).metadata_props:
-            proto.metadata_props.add().CopyFrom(entry)
+        set_metadata(proto, {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props})
         onnx.save(proto, str(tmp))
         os.replace(tmp, out)
     finally:

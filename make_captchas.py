@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Sequence
 
+import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from cli import HelpFormatter, image_size, positive_int
 from synthetic import generate
 
@@ -33,6 +34,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.safe_console()
     args = parse_args(argv)
     sets = [(args.out, args.count, args.seed)] if args.out else DEFAULT_SETS
     for folder, count, seed in sets:

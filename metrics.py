@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from typing import Any, Sequence
 
-from dataset import ImageInput, open_image
+from dataset import ImageInput, open_image, shown
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -76,23 +76,39 @@ def mistakes_table(names: Sequence[str], labels: Sequence[str], preds: Sequence[
 
 
 def build_report(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The prediction report: files plus a summary (accuracies only over labelled files)."""
+    """The prediction report: files (paths as text that any JSON reader takes) plus a summary
+    (accuracies only over labelled files)."""
     summary: dict[str, Any] = {"n": len(results)}
     labelled = [r for r in results if r["label"] is not None]
     if labelled:
         s = score([r["prediction"] for r in labelled], [r["label"] for r in labelled])
         summary.update({k: s[k] for k in ("sequence_accuracy", "character_accuracy", "position_accuracy")})
         summary.update(labelled=s["n"], characters=s["characters"], characters_wrong=s["characters_wrong"])
-    return {"files": results, "summary": summary}
+    return {"files": [{**r, "path": shown(r["path"])} for r in results], "summary": summary}
+
+
+CSV_COLUMNS = ("path", "prediction", "confidence", "label", "correct")
+
+
+def write_csv(results: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """One row per reading: path, prediction, confidence, label, correct (written atomically)."""
+    import csv
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(CSV_COLUMNS)
+        for r in results:
+            out.writerow(["" if r[k] is None else shown(r[k]) if k == "path" else r[k] for k in CSV_COLUMNS])
+    os.replace(tmp, path)
 
 
 def format_results(results: list[dict[str, Any]]) -> str:
     """One line per image, then the accuracy report when file names are labels."""
-    w = max(len(r["path"]) for r in results)
+    w = max(len(shown(r["path"])) for r in results)
     lines = [f"{'file':<{w}}  {'prediction':<10} confidence"]
     for r in results:
         mark = "" if r["correct"] is None else ("  ok" if r["correct"] else f"  WRONG (label {r['label']})")
-        lines.append(f"{r['path']:<{w}}  {r['prediction']:<10} {r['confidence']:>10.4f}{mark}")
+        lines.append(f"{shown(r['path']):<{w}}  {r['prediction']:<10} {r['confidence']:>10.4f}{mark}")
     labelled = [r for r in results if r["label"] is not None]
     if labelled:
         preds, labels = [r["prediction"] for r in labelled], [r["label"] for r in labelled]

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
+
 import torch
 
 from checkpoint import ModelSpec, build_from_checkpoint, load_checkpoint, load_onnx
@@ -127,7 +129,7 @@ class CaptchaRecognizer:
 
     def label_of(self, path: str | os.PathLike) -> str | None:
         """The label in a file name, if it is one this model could read."""
-        label = parse_label(path, self.converter.alphabet)
+        label = parse_label(path, self.converter.alphabet, self.model_spec.rules)
         return label if label is not None and self.converter.accepts(label) else None
 
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from checkpoint import CheckpointError, ModelSpec, load_checkpoint
 from cli import HelpFormatter, positive_int
 from dataset import DataError
@@ -53,6 +54,7 @@ def export(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.safe_console()
     args = parse_args(argv)
     try:
         out = export(args)

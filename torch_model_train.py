@@ -16,19 +16,22 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from checkpoint import CheckpointError
+import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
+from checkpoint import CheckpointError, OutputBusy
 from cli import train_config
 from dataset import DataError
+from runtime import ConfigError
 from training import train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.safe_console()
     cfg = train_config(argv)
     try:
         train(cfg)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, ConfigError, OutputBusy) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, CheckpointError) else 1
+        return 2 if isinstance(e, (CheckpointError, ConfigError)) else 1
     except KeyboardInterrupt:
         return 130
     return 0

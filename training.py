@@ -16,9 +16,11 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from runtime import ConfigError, check_writable, default_threads  # before torch loads: it sets how OpenMP threads wait
 
 import torch
 import torch.distributed as dist
@@ -27,9 +29,11 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from augment import STROKES, augment, column_spread, evenly_spaced, splice, text_span
-from checkpoint import ModelSpec, atomic_save, checkpoint_dict, load_checkpoint
-from dataset import (CHANNELS, MAX_HEIGHT, ArrayDataset, DataError, LabelConverter, LabelledImages, Preprocess,
-                     auto_size, infer_alphabet, normalize, read_labelled, split_indices, to_arrays)
+from checkpoint import (CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
+                        remove_stale_temporaries)
+from dataset import (CHANNELS, IMAGE_EXTS, MAX_HEIGHT, ArrayDataset, DataError, LabelConverter, LabelledImages, LabelRules,
+                     Preprocess, auto_size, infer_alphabet, mixed_case, normalize, plural, read_label_map, read_labelled,
+                     split_indices, to_arrays)
 from metrics import format_scores, mistakes_table, score
 from model import ModelConfig, build_model
 from recognizer import evaluate, pick_device
@@ -58,10 +62,13 @@ class TrainConfig:
     val_split: float = 0.1
     seed: int = 0
     device: str = "auto"
-    out: str = "captcha_recognize.pth"
+    out: str | None = None  # None: captcha_recognize.pth for train_images/, else runs/<folder>/model.pth
     resume: str | None = None  # checkpoint to continue from; "": <out>_last.pth
     init_from: str | None = None  # weights to start from (fine-tuning)
     alphabet: str | None = None
+    case: str | None = None  # keep, lower, upper; None: keep, with a warning when labels mix cases
+    label_map: str | None = None  # file of "FROM TO" character pairs for characters file names cannot hold
+    recursive: bool = False  # also read the data folders' subfolders
     length: int | None = None  # CNN label length
     img_size: tuple[int, int] | None = None  # (width, height) of the model input
     channels: int | None = None  # 3 colour, 1 grey
@@ -70,10 +77,19 @@ class TrainConfig:
     augment: bool = True
     synthetic: int = 0  # freshly generated captchas added per epoch
     workers: int | None = None  # DataLoader worker processes
+    threads: int | None = None  # CPU threads; None: one per core
     amp: str = "auto"  # CUDA mixed precision: auto, bf16, fp16, off
     show_errors: int = 10  # validation mistakes printed at the end
     plot: str = "auto"  # training-curve PNG; auto: <out>.png, none: skip
     quiet: bool = False  # no progress bars or per-epoch lines
+
+
+# flags that define what a run learns: resuming with another value is an error, not a silent switch
+RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "length", "img_size", "channels", "seed",
+                    "val_split", "batch_size", "synthetic")
+# how this call runs and reports, not what the run is: a resumed run takes them from the call
+NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet"}
+MIN_SIZE = {"cnn": (16, 16), "crnn": (8, 16)}  # smallest (width, height) each family's pooling allows
 
 
 @dataclass
@@ -151,12 +167,90 @@ def last_path(out: str | os.PathLike) -> str:
     return f"{root}_last{ext or '.pth'}"
 
 
+def default_out(data: Sequence[str]) -> str:
+    """``captcha_recognize.pth`` (the shipped demo model) for ``train_images/`` and generated
+    captchas; for any other data ``runs/<its folder name>/model.pth``, so it is never overwritten."""
+    if not data or [Path(d).resolve() for d in data] == [Path("train_images").resolve()]:
+        return "captcha_recognize.pth"
+    first = Path(data[0]).resolve()
+    name = first.parent.name if first.suffix.lower() in IMAGE_EXTS else first.name
+    return str(Path("runs") / (name + ("-and-more" if len(data) > 1 else "")) / "model.pth")
+
+
 def input_defaults(cfg: TrainConfig) -> TrainConfig:
-    """The data folder and resume file when not given."""
+    """The data folder, output and resume file when not given."""
     data = cfg.data
     if data is None:
         data = [] if cfg.synthetic and cfg.alphabet and cfg.length else ["train_images"]
-    return replace(cfg, data=list(data), resume=last_path(cfg.out) if cfg.resume == "" else cfg.resume)
+    out = cfg.out or default_out(data)
+    return replace(cfg, data=list(data), out=out, resume=last_path(out) if cfg.resume == "" else cfg.resume)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Settings that cannot work whatever the data, checked before anything is loaded."""
+    if cfg.arch not in MIN_SIZE:
+        raise ConfigError("arch", f"must be one of {', '.join(MIN_SIZE)}, got {cfg.arch!r}")
+    if cfg.img_size:
+        (w, h), (mw, mh) = cfg.img_size, MIN_SIZE[cfg.arch]
+        if w < mw or h < mh:
+            raise ConfigError("img_size", f"must be at least {mw}x{mh} for the {cfg.arch}, got {w}x{h}")
+    if cfg.case not in (None, "keep", "lower", "upper"):
+        raise ConfigError("case", f"must be keep, lower or upper, got {cfg.case!r}")
+    if cfg.strokes not in STROKES:
+        raise ConfigError("strokes", f"must be one of {', '.join(STROKES)}, got {cfg.strokes!r}")
+    device = cfg.device.split(":")[0]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for, but PyTorch sees no CUDA GPU here: use --device cpu (or auto)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device", "mps was asked for, but it is not available here: use --device cpu (or auto)")
+
+
+def stored_config(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's training config as ``TrainConfig`` fields (older checkpoints' spellings too)."""
+    config = dict(ckpt.get("config") or {})
+    if "no_augment" in config:
+        config["augment"] = not config.pop("no_augment")
+    if isinstance(config.get("img_size"), str):
+        config["img_size"] = tuple(int(v) for v in config["img_size"].lower().split("x"))
+    if isinstance(config.get("img_size"), list):
+        config["img_size"] = tuple(config["img_size"])
+    names = {f.name for f in fields(TrainConfig)} - NOT_RESUMED
+    return {k: v for k, v in config.items() if k in names}
+
+
+def same_setting(name: str, a: Any, b: Any) -> bool:
+    """Whether two values of a setting mean the same (data folders compare as resolved paths)."""
+    if name in ("data", "label_map") and a is not None and b is not None:
+        paths = lambda v: [Path(x).resolve() for x in ([v] if isinstance(v, str) else v)]  # noqa: E731
+        return paths(a) == paths(b)
+    return a == b
+
+
+def with_resumed(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """For a resumed run: the checkpoint, and the config it stored with this call's explicit
+    settings (those that differ from ``TrainConfig``'s defaults) on top."""
+    if cfg.resume is None:
+        return cfg, None
+    path = cfg.resume or last_path(input_defaults(cfg).out)
+    ckpt = load_checkpoint(path)
+    if ckpt.get("optimizer") is None:
+        last = last_path(path)
+        hint = f"resume from {last}" if Path(last).is_file() else f"its run's {Path(last).name} is gone"
+        raise CheckpointError(f"{path} is a best checkpoint without optimizer state, which a run cannot continue "
+                              f"from: {hint}, or start a new run from its weights with --init-from {path}")
+    stored, merged = stored_config(ckpt), {}
+    for f in fields(TrainConfig):
+        mine, explicit = getattr(cfg, f.name), getattr(cfg, f.name) != f.default
+        theirs = stored.get(f.name, f.default)
+        if explicit and f.name in RESUME_CONFLICTS and f.name in stored and not same_setting(f.name, mine, theirs):
+            raise ConfigError(f.name, f"{mine} differs from the resumed run's {theirs} ({path}): leave it out to "
+                                      "continue that run, or give another --out to start a new one")
+        merged[f.name] = mine if explicit or f.name not in stored else theirs
+    merged["resume"] = str(path)
+    if merged["epochs"] is not None and merged["epochs"] <= ckpt["epoch"]:
+        raise ConfigError("epochs", f"the resumed run has already trained {plural(ckpt['epoch'], 'epoch')}: give "
+                                    f"more than {ckpt['epoch']} to extend it")
+    return TrainConfig(**merged), ckpt
 
 
 def default_splice(arch: str, spread: torch.Tensor | None, span: tuple[float, float] | None,
@@ -195,6 +289,13 @@ def resolve_defaults(cfg: TrainConfig, init: dict[str, Any] | None, resume: dict
     return replace(cfg, arch=arch, splice=splice_p, epochs=epochs)
 
 
+def label_rules(cfg: TrainConfig, init: dict[str, Any] | None) -> LabelRules:
+    """How file names become labels: a checkpoint's own when starting from one, else the config's."""
+    if init is not None:
+        return ModelSpec.from_checkpoint(init).rules
+    return LabelRules(cfg.case or "keep", read_label_map(cfg.label_map) if cfg.label_map else ())
+
+
 def make_task(cfg: TrainConfig, data: LabelledImages | None,
               init: dict[str, Any] | None) -> tuple[LabelConverter, Preprocess]:
     """Alphabet, label length and input size: from a checkpoint when resuming/fine-tuning,
@@ -219,6 +320,15 @@ def make_task(cfg: TrainConfig, data: LabelledImages | None,
     return LabelConverter(alphabet, length, ctc=cfg.arch == "crnn"), Preprocess(w, h, channels)
 
 
+def warn_mixed_case(cfg: TrainConfig, labels: Sequence[str], log: Callable[..., None]) -> None:
+    """Say once when the labels hold both cases of a letter and no --case was chosen."""
+    both = mixed_case(labels)
+    if both and cfg.case is None:
+        log(f"warning: the labels hold both cases of {', '.join(both[:8])}{' ...' if len(both) > 8 else ''}: if "
+            "the site ignores case, give --case lower (or upper) so each letter is learnt once; "
+            "--case keep keeps them apart and silences this")
+
+
 # -------------------------------------------------------------------------- datasets
 
 @dataclass
@@ -237,7 +347,7 @@ def build_datasets(cfg: TrainConfig, data: LabelledImages | None, conv: LabelCon
     if data is not None:
         keep = [i for i, s in enumerate(data.labels) if conv.accepts(s)]
         if len(keep) < len(data.labels):
-            log(f"warning: skipped {len(data.labels) - len(keep)} images whose label does not fit "
+            log(f"warning: skipped {plural(len(data.labels) - len(keep), 'image')} whose label does not fit "
                 f"alphabet {conv.alphabet!r}" + ("" if conv.ctc else f" and length {conv.length}"))
         if not keep:
             raise DataError("no image has a label that fits the alphabet and length")
@@ -363,6 +473,7 @@ class Run:
     best: dict[str, Any] = field(default_factory=lambda: {"sequence_accuracy": -1.0})
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    saved: bool = False  # a checkpoint of this run exists
 
     @property
     def converter(self) -> LabelConverter:
@@ -441,6 +552,7 @@ def save_state(run: Run, epoch: int, improved: bool) -> None:
     atomic_save(checkpoint_dict(run.raw_model.state_dict(), run.model_args, run.spec, **extra,
                                 optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), ema=ema),
                 last_path(run.cfg.out))
+    run.saved = True
 
 
 def run_epoch(run: Run, epoch: int, t0: float) -> None:
@@ -470,35 +582,61 @@ def run_epoch(run: Run, epoch: int, t0: float) -> None:
     save_state(run, epoch, improved)
 
 
-def setup(cfg: TrainConfig, d: Dist, device: torch.device, log: Callable[..., None]) -> Run:
-    """Read the data, resolve the defaults, build the model, loader and optimizer (and restore a resumed run)."""
-    resume = load_checkpoint(cfg.resume) if cfg.resume else None
-    init = resume or (load_checkpoint(cfg.init_from) if cfg.init_from else None)
-    if init is not None and init["model_args"]["arch"] != cfg.arch:
-        log(f"note: using the checkpoint's architecture {init['model_args']['arch']!r}")
-        cfg = replace(cfg, arch=init["model_args"]["arch"])
-    data = read_labelled(cfg.data, cfg.alphabet) if cfg.data else None
-    conv, pre = make_task(cfg, data, init)
-    train_set, val = build_datasets(cfg, data, conv, pre, log)
-    real = getattr(train_set, "datasets", [train_set])[0]
-    spread = column_spread(real.arrays) if isinstance(real, ArrayDataset) else None  # (W,)
-    span = text_span(spread) if spread is not None else None  # where splice cuts
-    cfg = resolve_defaults(cfg, init, resume, len(train_set), getattr(real, "labels", []), spread, span, d.world)
-    spec = ModelSpec(cfg.arch, conv.alphabet, conv.length, pre)
-    model_args = dict(init["model_args"]) if init is not None else asdict(ModelConfig(
-        arch=cfg.arch, n_classes=len(conv.alphabet), n_positions=conv.length or 0, in_channels=pre.channels,
-        img_h=pre.height, img_w=pre.width))
-    raw_model = build_model(ModelConfig(**model_args))
+def read_data(cfg: TrainConfig, init: dict[str, Any] | None, log: Callable[..., None]) -> LabelledImages | None:
+    """The labelled images of ``cfg.data`` (None for synthetic-only runs)."""
+    if not cfg.data:
+        return None
+    data = read_labelled(cfg.data, cfg.alphabet, label_rules(cfg, init), cfg.recursive)
+    if init is None:
+        warn_mixed_case(cfg, data.labels, log)
+    return data
+
+
+def build_network(model_args: dict[str, Any], init: dict[str, Any] | None, device: torch.device) -> torch.nn.Module:
+    """The model, with the checkpoint's weights when starting from one."""
+    model = build_model(ModelConfig(**model_args))
     if init is not None:
-        raw_model.load_state_dict(init["model"])
-    raw_model.to(device, memory_format=torch.channels_last)
-    model = torch.nn.parallel.DistributedDataParallel(raw_model) if d.enabled else raw_model
+        try:
+            model.load_state_dict(init["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"the checkpoint's weights do not fit its model config: "
+                                  f"{str(e).splitlines()[0]}") from None
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def make_loader(cfg: TrainConfig, train_set: torch.utils.data.Dataset, d: Dist,
+                device: torch.device) -> tuple[DataLoader, DistributedSampler]:
+    """Shuffled batches; on the CPU from memory, on CUDA (or for synthetic data) through workers."""
     sampler = make_sampler(train_set, d, cfg.seed)
     workers = cfg.workers if cfg.workers is not None else (
         min(4, os.cpu_count() or 1) if device.type == "cuda" or cfg.synthetic else 0)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", drop_last=len(train_set) > cfg.batch_size * d.world,
                         persistent_workers=workers > 0)
+    return loader, sampler
+
+
+def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torch.device,
+          log: Callable[..., None]) -> Run:
+    """Read the data, resolve the defaults, build the model, loader and optimizer (and restore a resumed run)."""
+    init = resume or (load_checkpoint(cfg.init_from) if cfg.init_from else None)
+    if init is not None and init["model_args"]["arch"] != cfg.arch:
+        log(f"note: using the checkpoint's architecture {init['model_args']['arch']!r}")
+        cfg = replace(cfg, arch=init["model_args"]["arch"])
+    data = read_data(cfg, init, log)
+    conv, pre = make_task(cfg, data, init)
+    train_set, val = build_datasets(cfg, data, conv, pre, log)
+    real = getattr(train_set, "datasets", [train_set])[0]
+    spread = column_spread(real.arrays) if isinstance(real, ArrayDataset) else None  # (W,)
+    span = text_span(spread) if spread is not None else None  # where splice cuts
+    cfg = resolve_defaults(cfg, init, resume, len(train_set), getattr(real, "labels", []), spread, span, d.world)
+    spec = ModelSpec(cfg.arch, conv.alphabet, conv.length, pre, label_rules(cfg, init))
+    model_args = dict(init["model_args"]) if init is not None else asdict(ModelConfig(
+        arch=cfg.arch, n_classes=len(conv.alphabet), n_positions=conv.length or 0, in_channels=pre.channels,
+        img_h=pre.height, img_w=pre.width))
+    raw_model = build_network(model_args, init, device)
+    model = torch.nn.parallel.DistributedDataParallel(raw_model) if d.enabled else raw_model
+    loader, sampler = make_loader(cfg, train_set, d, device)
     opt = torch.optim.AdamW(raw_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader),
                                                 pct_start=0.15)
@@ -512,15 +650,21 @@ def setup(cfg: TrainConfig, d: Dist, device: torch.device, log: Callable[..., No
 
 
 def restore(run: Run, resume: dict[str, Any]) -> None:
-    """Continue a run from its resumable checkpoint: optimizer, schedule, epoch, scores, weight average."""
+    """Continue a run from its resumable checkpoint: optimizer, schedule, epoch, scores, weight average.
+    A run resumed with more epochs keeps its step count on the longer schedule."""
     run.opt.load_state_dict(resume["optimizer"])
+    total, phases = run.sched.total_steps, run.sched._schedule_phases  # OneCycleLR's plan for the new length
     run.sched.load_state_dict(resume["scheduler"])
+    if run.sched.total_steps != total:
+        run.log(f"extending the schedule from {resume['config']['epochs']} to {run.cfg.epochs} epochs")
+        run.sched.total_steps, run.sched._schedule_phases = total, phases
     run.start, run.best, run.history = resume["epoch"] + 1, resume["best"], resume["history"]
     if run.ema is not None and resume.get("ema") is not None:
         run.ema.model.load_state_dict(resume["ema"]["model"])
         run.ema.steps = resume["ema"]["steps"]
     if Path(run.cfg.out).is_file():
         run.best_state = load_checkpoint(run.cfg.out)["model"]
+    run.saved = True
     run.log(f"resuming at epoch {run.start} of {run.cfg.epochs} from {run.cfg.resume}")
 
 
@@ -529,29 +673,55 @@ def describe(run: Run) -> str:
     cfg, conv, pre = run.cfg, run.converter, run.spec.preprocess
     return (f"{cfg.arch}: {len(run.train_set)} training / {len(run.val.labels)} validation images, alphabet "
             f"{conv.alphabet!r}, length {conv.length if not conv.ctc else 'any'}, input "
-            f"{pre.width}x{pre.height}x{pre.channels}, {cfg.epochs} epochs"
+            f"{pre.width}x{pre.height}x{pre.channels}, {plural(cfg.epochs, 'epoch')}"
             + (f", splice {cfg.splice}" if cfg.splice and cfg.augment else "") + f", device {run.device}"
-            + (f", {run.d.world} processes" if run.d.enabled else ""))
+            + (f", {run.d.world} processes" if run.d.enabled else "") + f"; writing {cfg.out}")
+
+
+def prepare(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Check the settings and resolve the inputs and outputs, before any data is read."""
+    check_config(cfg)
+    cfg, resume = with_resumed(cfg)
+    cfg = input_defaults(cfg)
+    check_config(cfg)  # a resumed run's own settings too
+    check_writable("out", cfg.out)
+    if cfg.plot not in ("auto", "none"):
+        check_writable("plot", cfg.plot)
+    return cfg, resume
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train per ``cfg`` (which is not changed); writes checkpoints on rank 0."""
-    cfg = input_defaults(cfg)
+    """Train per ``cfg`` (which is not changed); writes checkpoints on rank 0.
+
+    Raises ``ConfigError`` for settings that cannot work (before anything is read), ``DataError``
+    for unusable data, ``CheckpointError`` for a bad checkpoint and ``OutputBusy`` when another
+    run is writing the same ``out``.
+    """
+    cfg, resume = prepare(cfg)
     d = Dist()
-    device = d.setup(pick_device(cfg.device))
-    show = d.main and not cfg.quiet
-    log = (lambda *a, **k: print(*a, **k)) if show else (lambda *a, **k: None)
-    torch.manual_seed(cfg.seed)
-    if device.type == "cpu" and not d.enabled and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+    lock = output_lock(cfg.out) if d.main else contextlib.nullcontext()
     try:
-        run = setup(cfg, d, device, log)
-    except BaseException:
+        with lock:
+            return train_locked(cfg, resume, d)
+    finally:
         d.close()
-        raise
-    log(describe(run))
-    t0 = time.time()
+
+
+def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist) -> TrainResult:
+    """``train`` once this process may write ``cfg.out``."""
+    device = d.setup(pick_device(cfg.device))
+    log = (lambda *a, **k: print(*a, **k)) if d.main and not cfg.quiet else (lambda *a, **k: None)
+    if d.main:
+        for f in remove_stale_temporaries(cfg.out) + remove_stale_temporaries(last_path(cfg.out)):
+            log(f"note: removed {f.name}, left by an interrupted save")
+    torch.manual_seed(cfg.seed)
+    if device.type == "cpu" and not d.enabled:
+        torch.set_num_threads(cfg.threads or default_threads())
+    run = None
     try:
+        run = setup(cfg, resume, d, device, log)
+        log(describe(run))
+        t0 = time.time()
         for epoch in range(run.start, run.cfg.epochs + 1):
             run.sampler.set_epoch(epoch)
             for part in getattr(run.train_set, "datasets", [run.train_set]):
@@ -559,16 +729,15 @@ def train(cfg: TrainConfig) -> TrainResult:
                     part.set_epoch(epoch)
             run_epoch(run, epoch, t0)
     except KeyboardInterrupt:
-        log(f"\ninterrupted: best checkpoint so far is {run.cfg.out}; continue with --resume")
-        d.close()
+        log("\ninterrupted: " + (f"best checkpoint so far is {run.cfg.out}; continue with --resume"
+                                  if run is not None and run.saved else "no epoch had finished, nothing was saved"))
         raise
     seconds = time.time() - t0
     result = (f"best epoch {run.best.get('epoch')}: sequence accuracy {100 * run.best['sequence_accuracy']:.2f}%"
               if run.val.labels else "no validation images, saved the last epoch")
-    log(f"trained {run.cfg.epochs - run.start + 1} epochs in {seconds:.1f}s; {result} -> {run.cfg.out}")
+    log(f"trained {plural(run.cfg.epochs - run.start + 1, 'epoch')} in {seconds:.1f}s; {result} -> {run.cfg.out}")
     if d.main:
         finish(run)
-    d.close()
     return TrainResult(Path(run.cfg.out), run.best, run.cfg, seconds, run.history)
 
 
@@ -579,9 +748,15 @@ def finish(run: Run) -> None:
         run.raw_model.load_state_dict(run.best_state)
     if run.val.labels:
         preds, confs = evaluate(run.raw_model, run.converter, run.val.arrays, run.device)
-        run.log("validation mistakes of the best model:")
-        run.log(mistakes_table([f"val #{i}" for i in range(len(run.val.labels))], run.val.labels, preds, confs,
-                               cfg.show_errors))
+        wrong = sum(p != t for p, t in zip(preds, run.val.labels))
+        if not wrong or cfg.show_errors == 0:
+            run.log(f"validation mistakes of the best model: {wrong}"
+                    + (" (--show-errors N lists them)" if wrong else ""))
+        else:
+            shown_rows = min(wrong, cfg.show_errors)
+            run.log(f"validation mistakes of the best model: {wrong}"
+                    + (f", the first {shown_rows}:" if shown_rows < wrong else ":"))
+            run.log(mistakes_table(run.val.names, run.val.labels, preds, confs, cfg.show_errors))
     plot = f"{os.path.splitext(cfg.out)[0]}.png" if cfg.plot == "auto" else cfg.plot
     if plot != "none" and run.history:
         save_plot(run.history, plot)

@@ -89,3 +89,16 @@ def test_markdown_sections_are_replaced_by_their_own_command_only(tmp_path, reru
     assert text.count("`python a.py`") == 1 and "| b |" in text
     assert ("| new a |" in text and "| old a |" not in text) if rerun else "| old a |" in text
     assert text.index("python a.py") < text.index("python b.py")  # a rerun keeps its place
+
+
+@pytest.mark.slow
+def test_contention_benchmark_quick(tmp_path):
+    r = run_script("benchmarks/contention.py", "--quick", "--markdown", str(tmp_path / "r.md"), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = table_rows(r.stdout)
+    assert [row[0] for row in rows] == ["libgomp default", "passive (the default now)"]
+    for row in rows:
+        free, busy, slow = float(row[2]), float(row[3]), float(row[4].rstrip("x"))
+        assert free > 0 and busy > 0 and abs(slow - busy / free) < 0.06
+    assert_names_machine(r.stdout)
+    assert "`python benchmarks/contention.py --quick`" in (tmp_path / "r.md").read_text()

@@ -18,7 +18,7 @@ def test_checkpoint_holds_everything_prediction_needs(cnn_ckpt):
     ckpt = load_checkpoint(cnn_ckpt)
     assert ModelSpec.from_checkpoint(ckpt).to_meta() == {
         "arch": "cnn", "alphabet": "0123456789", "label_length": 4,
-        "preprocess": {"width": 50, "height": 22, "channels": 3}}
+        "preprocess": {"width": 50, "height": 22, "channels": 3}, "case": "keep", "label_map": {}}
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
     assert ckpt["optimizer"] is None  # the best checkpoint stays small; *_last.pth holds it
     assert not os.path.exists(str(cnn_ckpt).replace(".pth", "_last.pth"))  # removed after a full run
@@ -46,7 +46,8 @@ def load_as_saved(ckpt: dict, saved_args: dict, build_args: dict, tmp_path) -> C
     """Save weights built from ``build_args`` with ``saved_args`` as model_args, as an older version
     would have; load them; check that the weights came back and read as the saved model does."""
     old = build_model(ModelConfig(**build_args)).eval()
-    torch.save({**ckpt, "model_args": saved_args, "model": old.state_dict()}, tmp_path / "old.pth")
+    older = {k: v for k, v in ckpt.items() if k not in ("weights_sha256", "case", "label_map")}  # not saved then
+    torch.save({**older, "model_args": saved_args, "model": old.state_dict()}, tmp_path / "old.pth")
     rec = CaptchaRecognizer(tmp_path / "old.pth")
     loaded = rec.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in old.state_dict().items())
@@ -135,3 +136,53 @@ def test_save_is_atomic_and_leaves_no_temporary_file(fresh_ckpt, tmp_path, monke
         atomic_save({"x": 1}, target)
     assert target.read_bytes() == before  # the old file is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]
+
+
+def flip_weight_byte(src, dst, needle: bytes) -> None:
+    """Copy ``src`` to ``dst`` with one byte flipped inside the stored weights (after ``needle``)."""
+    data = bytearray(src.read_bytes())
+    at = data.index(needle) + 200
+    data[at] ^= 0xFF
+    dst.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_the_weights_is_a_one_line_error(fresh_ckpt, tmp_path):
+    ckpt = load_checkpoint(fresh_ckpt)
+    assert len(ckpt["weights_sha256"]) == 64
+    bad = tmp_path / "flipped.pth"
+    flip_weight_byte(fresh_ckpt, bad, b"data/0")  # torch.save keeps each tensor's bytes in data/N
+    with pytest.raises(CheckpointError, match="corrupted: its weights do not match"):
+        load_checkpoint(bad)
+
+
+def test_a_flipped_byte_in_an_onnx_export_is_refused(fresh_ckpt, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export import export_onnx
+    out = export_onnx(fresh_ckpt, tmp_path / "m.onnx")
+    bad = tmp_path / "flipped.onnx"
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the middle of the file is weights
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted: its weights do not match"):
+        CaptchaRecognizer(bad)
+    assert CaptchaRecognizer(out).arch == "cnn"
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
+    from checkpoint import OutputBusy, output_lock
+    target = tmp_path / "runs" / "m.pth"
+    with output_lock(target):
+        with pytest.raises(OutputBusy, match=f"pid {os.getpid()}.* is writing .*m.pth"):
+            with output_lock(target):
+                pass
+    with output_lock(target):  # free again once the first run is done
+        pass
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
+    from checkpoint import remove_stale_temporaries
+    for name in (".m.pth.tmp123", ".m.pth.tmp9", ".other.pth.tmp1", "m.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_stale_temporaries(tmp_path / "m.pth")
+    assert sorted(p.name for p in removed) == [".m.pth.tmp123", ".m.pth.tmp9"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pth.tmp1", "m.pth"]

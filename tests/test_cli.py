@@ -118,3 +118,65 @@ def test_script_help_lists_defaults(script):
     r = run_script(script, "--help")
     text = " ".join(r.stdout.split())
     assert r.returncode == 0 and "(default: " in text and "(default: None)" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, argv, flag", [
+    ("torch_model_train.py", ["--epochs", "0"], "--epochs"), ("torch_model_train.py", ["--epochs", "-3"], "--epochs"),
+    ("torch_model_train.py", ["--batch-size", "0"], "--batch-size"), ("torch_model_train.py", ["--lr", "0"], "--lr"),
+    ("torch_model_train.py", ["--val-split", "1"], "--val-split"),
+    ("torch_model_train.py", ["--img-size", "8x8"], "--img-size"),
+    ("torch_model_train.py", ["--arch", "crnn", "--img-size", "64x8"], "--img-size"),
+    ("torch_model_train.py", ["--device", "cuda"], "--device"),
+    ("torch_model_predict.py", ["--batch-size", "0"], "--batch-size"),
+    ("torch_model_predict.py", ["new_images", "--json", "/proc/no/r.json"], "--json"),
+    ("torch_model_predict.py", ["new_images", "--csv", "/proc/r.csv"], "--csv"),
+])
+def test_bad_flags_are_one_line_naming_the_flag_exit_2_before_any_work(script, argv, flag, tmp_path):
+    import torch
+    if flag == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = run_script(script, *argv, "--data" if script == "torch_model_train.py" else "--checkpoint",
+                   str(tmp_path / "none"), cwd=tmp_path)  # nothing there: loading first would fail otherwise
+    lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("usage:") and ln.startswith(("error", script))]
+    assert r.returncode == 2 and len(lines) == 1 and flag in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_predict_writes_csv_and_json_into_new_folders(fresh_ckpt, digits_dir, tmp_path):
+    import csv
+    files = sorted(digits_dir.iterdir())[:5]
+    r = run_script("torch_model_predict.py", *map(str, files), "--checkpoint", str(fresh_ckpt),
+                   "--csv", str(tmp_path / "a" / "r.csv"), "--json", str(tmp_path / "b" / "c" / "r.json"))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((tmp_path / "a" / "r.csv").open()))
+    report = json.loads((tmp_path / "b" / "c" / "r.json").read_text())
+    assert [row["path"] for row in rows] == [f["path"] for f in report["files"]] == list(map(str, files))
+    assert [row["prediction"] for row in rows] == [f["prediction"] for f in report["files"]]
+    assert all(row["label"] == f.name[:4] and row["correct"] in ("True", "False") for row, f in zip(rows, files))
+
+
+@pytest.mark.slow
+def test_odd_file_names_never_crash_an_ascii_console(fresh_ckpt, digits_dir, tmp_path):
+    first = sorted(digits_dir.iterdir())[0].read_bytes()
+    folder = os.fsencode(tmp_path)
+    for name in (b"\xff\xfe.png", "228ж7.png".encode(), b"1234.png"):
+        with open(folder + b"/" + name, "wb") as f:
+            f.write(first)
+    r = run_script("torch_model_predict.py", str(tmp_path), "--checkpoint", str(fresh_ckpt), "--json", "-",
+                   PYTHONIOENCODING="ascii")
+    assert r.returncode == 0, r.stderr
+    paths = sorted(f["path"] for f in json.loads(r.stdout)["files"])
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["1234.png", "228ж7.png", "\\xff\\xfe.png"]
+    assert "\\xff\\xfe.png" in r.stderr and "228\\u0436" in r.stderr  # the table, escaped for ASCII
+
+
+@pytest.mark.slow
+def test_a_second_training_of_the_same_output_refuses_at_start(tmp_path):
+    from checkpoint import output_lock
+    with output_lock(tmp_path / "m.pth"):  # a first run holds it
+        r = run_script("torch_model_train.py", "--data", str(tmp_path), "--out", str(tmp_path / "m.pth"))
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"error: another training (pid {os.getpid()}) is writing {tmp_path / 'm.pth'}: wait for it to finish or "
+        "give another --out"]

@@ -167,3 +167,115 @@ def test_render_captcha_is_reproducible():
     a, b = render_captcha("5678", 9, 100, 40), render_captcha("5678", 9, 100, 40)
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(render_captcha("5678", 10, 100, 40)))
+
+
+# ------------------------------------------------------------------ every image mode, odd inputs
+
+def grey_captcha() -> Image.Image:
+    return render_captcha("0059", 3, 100, 40).convert("L")
+
+
+def as_mode(base: Image.Image, mode: str) -> tuple[Image.Image, Image.Image]:
+    """``base`` (greyscale) stored in ``mode``, and the RGB image holding the same pixels."""
+    arr = np.asarray(base)
+    if mode in ("I;16", "I"):
+        wide = arr.astype(np.uint16 if mode == "I;16" else np.int32) * 257  # the 16-bit range
+        img = Image.fromarray(wide.astype(np.uint16)) if mode == "I;16" else Image.fromarray(wide, "I")
+        return img, base.convert("RGB")
+    if mode == "F":
+        return Image.fromarray(arr.astype(np.float32) / 255, "F"), base.convert("RGB")
+    if mode == "1":
+        img = base.convert("1")
+        return img, img.convert("RGB")
+    if mode in ("LA", "PA", "RGBA"):
+        img = base.convert(mode.replace("PA", "P").replace("LA", "L").replace("RGBA", "RGB"))
+        img = img.convert(mode) if mode != "PA" else img.convert("PA")
+        return img, base.convert("RGB")
+    return base.convert(mode), base.convert("RGB")
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I", "I;16", "F"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_mode_reads_like_the_same_image_in_rgb(mode, channels, tmp_path):
+    img, rgb = as_mode(grey_captcha(), mode)
+    assert img.mode == mode
+    spec = Preprocess(50, 22, channels)
+    got, want = image_to_array(img, spec).astype(int), image_to_array(rgb, spec).astype(int)
+    assert np.abs(got - want).max() <= 1, mode  # CMYK and palettes may round by one level
+
+
+def test_a_16_bit_png_file_keeps_its_range(tmp_path):
+    base = grey_captcha()
+    wide = Image.fromarray(np.asarray(base).astype(np.uint16) * 257)
+    wide.save(tmp_path / "0059.png")
+    with Image.open(tmp_path / "0059.png") as check:
+        assert check.mode.startswith("I")  # stored as 16-bit
+    spec = Preprocess(50, 22, 3)
+    assert (preprocess([tmp_path / "0059.png"], spec) - preprocess([base.convert("RGB")], spec)).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: a.astype(np.float32) / 255,  # floats in 0..1
+    lambda a: a.astype(np.float64),  # floats in 0..255
+    lambda a: a.astype(np.uint16) * 257,  # 16-bit
+    lambda a: np.stack([a] * 3, 0),  # (C, H, W)
+    lambda a: a[..., None],  # (H, W, 1)
+])
+def test_arrays_of_any_type_and_layout_read_like_uint8(make):
+    base = np.asarray(grey_captcha())
+    spec = Preprocess(50, 22, 1)
+    assert (preprocess([make(base)], spec) - preprocess([base], spec)).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 0), np.uint8), np.zeros(10, np.uint8), np.zeros((5, 5, 2), np.uint8)])
+def test_arrays_that_are_no_image_are_a_clear_value_error(bad):
+    with pytest.raises(ValueError, match="image array must be"):
+        preprocess([bad], Preprocess(50, 22, 1))
+
+
+# ------------------------------------------------------------------------- Unicode labels, rules
+
+@pytest.mark.parametrize("name, label", [("228ж7.jpg", "228ж7"), ("验证码.png", "验证码"), ("ΑβΓ9_2.png", "ΑβΓ9"),
+                                         ("и\u0306ка.png", "йка")])  # the last as macOS writes it (NFD)
+def test_labels_are_any_unicode_letters_and_digits(name, label):
+    assert parse_label(name) == label
+
+
+def test_label_map_turns_file_name_characters_into_the_captchas(tmp_path):
+    from dataset import LabelRules, read_label_map
+    (tmp_path / "map.txt").write_text("# arithmetic captchas\nx *\np +\n")
+    rules = LabelRules(label_map=read_label_map(tmp_path / "map.txt"))
+    assert parse_label("3x4p1.png", rules=rules) == "3*4+1"
+    assert parse_label("3-4.png", rules=rules) is None  # still not a label
+    (tmp_path / "bad.txt").write_text("xx *\n")
+    with pytest.raises(DataError, match="line 1"):
+        read_label_map(tmp_path / "bad.txt")
+
+
+def test_case_rules_fold_labels_and_mixed_case_is_found():
+    from dataset import LabelRules, mixed_case
+    assert parse_label("AbC1.png", rules=LabelRules("lower")) == "abc1"
+    assert parse_label("AbC1.png", rules=LabelRules("upper")) == "ABC1"
+    assert mixed_case(["ab1", "AB2", "cd"]) == ["a", "b"] and mixed_case(["ab", "CD"]) == []
+
+
+def test_images_only_in_subfolders_are_named_or_read_with_recursive(tmp_path):
+    from dataset import list_images
+    (tmp_path / "day1").mkdir()
+    render_captcha("1234", 0, 100, 40).save(tmp_path / "day1" / "1234.png")
+    with pytest.raises(DataError, match="only in its subfolders: give --recursive"):
+        list_images([tmp_path])
+    assert [p.name for p in list_images([tmp_path], recursive=True)] == ["1234.png"]
+
+
+def test_file_names_that_are_not_utf8_print_as_escapes(tmp_path, capsys):
+    import os
+    from dataset import labelled_files, shown
+    folder = os.fsencode(tmp_path)
+    render_captcha("1234", 0, 100, 40).save(os.fsdecode(folder + b"/1234.png"))
+    with open(folder + b"/\xff\xfe.png", "wb") as f:
+        f.write(b"")
+    labelled_files([tmp_path])
+    err = capsys.readouterr().err
+    assert "\\xff\\xfe.png" in err and shown(os.fsdecode(b"a\xff")) == "a\\xff"
+    err.encode("ascii")  # printable on any console

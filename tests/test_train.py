@@ -83,3 +83,137 @@ def test_train_from_python_resolves_defaults_without_changing_the_config(digits_
     assert len(result.history) == 2 and result.best["epoch"] in (1, 2)
     saved = load_checkpoint(result.out)["config"]
     assert saved["arch"] == "crnn" and saved["epochs"] == 2 and saved["splice"] == result.config.splice
+
+
+# ----------------------------------------------------------------- outputs, resume, mistakes
+
+def test_default_output_keeps_the_shipped_model_for_train_images_only(tmp_path):
+    from training import default_out
+    assert default_out(["train_images"]) == "captcha_recognize.pth" == default_out([])
+    assert default_out([str(tmp_path / "shop")]) == "runs/shop/model.pth"
+    assert default_out([str(tmp_path / "shop"), "x"]) == "runs/shop-and-more/model.pth"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"img_size": (8, 8)}, "--img-size: must be at least 16x16 for the cnn, got 8x8"),
+    ({"img_size": (64, 8), "arch": "crnn"}, "--img-size: must be at least 8x16 for the crnn"),
+    ({"device": "cuda"}, "--device: cuda was asked for"),
+    ({"case": "title"}, "--case: must be keep, lower or upper"),
+    ({"out": "/proc/nowhere/m.pth"}, "--out: cannot create the folder"),
+])
+def test_settings_that_cannot_work_fail_before_any_data_is_read(change, message, tmp_path):
+    if change.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from runtime import ConfigError
+    with pytest.raises(ConfigError) as e:
+        train(TrainConfig(data=[str(tmp_path / "not-there")], **{"out": str(tmp_path / "m.pth"), **change}))
+    assert str(e.value).startswith(message)
+
+
+def interrupt_at(monkeypatch, epoch: int) -> None:
+    """Make training stop with Ctrl-C when ``epoch`` starts."""
+    import training
+    real = training.run_epoch
+
+    def run_epoch(run, e, t0):
+        if e == epoch:
+            raise KeyboardInterrupt
+        real(run, e, t0)
+    monkeypatch.setattr(training, "run_epoch", run_epoch)
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(digits_dir, tmp_path, monkeypatch, capsys):
+    interrupt_at(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(data=[str(digits_dir)], epochs=3, out=str(tmp_path / "m.pth"), plot="none"))
+    assert "no epoch had finished, nothing was saved" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.pth"))
+
+
+@pytest.fixture
+def interrupted(digits_dir, tmp_path, monkeypatch):
+    """A CNN run of 3 epochs stopped by Ctrl-C after its first epoch: (best, last) checkpoints."""
+    out = tmp_path / "run" / "m.pth"
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(data=[str(digits_dir)], epochs=3, batch_size=16, seed=4, out=str(out), plot="none",
+                          augment=False, quiet=True))
+    monkeypatch.undo()
+    return out, out.with_name("m_last.pth")
+
+
+@pytest.mark.slow
+def test_resume_takes_the_run_from_its_checkpoint_and_extends_it(interrupted, capsys, tmp_path):
+    out, last = interrupted
+    result = train(TrainConfig(resume=str(last), epochs=5, show_errors=0))
+    stdout = capsys.readouterr().out
+    assert result.out == out and result.config.data == load_checkpoint(out)["config"]["data"]
+    assert result.config.seed == 4 and result.config.batch_size == 16 and not result.config.augment
+    assert "extending the schedule from 3 to 5 epochs" in stdout and "resuming at epoch 2 of 5" in stdout
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5] and not last.exists()
+
+
+@pytest.mark.slow
+def test_resume_refuses_conflicts_a_best_checkpoint_and_fewer_epochs(interrupted, tmp_path):
+    from checkpoint import CheckpointError
+    from runtime import ConfigError
+    out, last = interrupted
+    with pytest.raises(ConfigError, match="--arch: crnn differs from the resumed run's cnn"):
+        train(TrainConfig(resume=str(last), arch="crnn"))
+    with pytest.raises(ConfigError, match="--data: .* differs from the resumed run's"):
+        train(TrainConfig(resume=str(last), data=[str(tmp_path)]))
+    with pytest.raises(ConfigError, match="--epochs: the resumed run has already trained 1 epoch"):
+        train(TrainConfig(resume=str(last), epochs=1))
+    with pytest.raises(CheckpointError, match=f"best checkpoint without optimizer state.*resume from {last}"):
+        train(TrainConfig(resume=str(out)))
+
+
+def test_a_run_refuses_an_output_another_run_is_writing(tmp_path):
+    from checkpoint import OutputBusy, output_lock
+    with output_lock(tmp_path / "m.pth"):
+        with pytest.raises(OutputBusy, match="is writing"):
+            train(TrainConfig(data=["nothing-read-yet"], out=str(tmp_path / "m.pth")))
+
+
+@pytest.mark.slow
+def test_stale_temporaries_go_and_mistakes_name_their_files(digits_dir, tmp_path, capsys):
+    (tmp_path / ".m.pth.tmp4242").write_bytes(b"half a checkpoint")
+    train(TrainConfig(data=[str(digits_dir)], epochs=1, val_split=0.25, out=str(tmp_path / "m.pth"), plot="none",
+                      show_errors=3))
+    stdout = capsys.readouterr().out
+    assert "removed .m.pth.tmp4242" in stdout and not (tmp_path / ".m.pth.tmp4242").exists()
+    assert "1 epoch," in stdout and "1 epochs" not in stdout
+    rows = [ln for ln in stdout.splitlines() if ln.endswith(".png")]
+    assert len(rows) == 3 and all((digits_dir / ln.split("|")[-1].strip()).is_file() for ln in rows)
+    assert "validation mistakes of the best model: " in stdout and ", the first 3:" in stdout
+
+
+@pytest.mark.slow
+def test_show_errors_0_counts_the_mistakes_without_listing_them(digits_dir, tmp_path, capsys):
+    train(TrainConfig(data=[str(digits_dir)], epochs=1, val_split=0.25, out=str(tmp_path / "m.pth"), plot="none",
+                      show_errors=0))
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("validation mistakes"))
+    assert line.endswith("(--show-errors N lists them)") and int(line.split(": ")[1].split()[0]) > 0
+
+
+@pytest.mark.slow
+def test_mixed_case_labels_warn_once_and_case_is_kept_in_the_checkpoint(tmp_path, capsys):
+    from recognizer import CaptchaRecognizer
+    from synthetic import generate
+    generate(tmp_path / "data", 24, seed=1, alphabet="abAB12", length=4, show=False)
+    train(TrainConfig(data=[str(tmp_path / "data")], epochs=1, out=str(tmp_path / "keep.pth"), plot="none"))
+    assert capsys.readouterr().out.count("labels hold both cases of a, b") == 1
+    train(TrainConfig(data=[str(tmp_path / "data")], epochs=1, case="lower", out=str(tmp_path / "low.pth"),
+                      plot="none"))
+    assert "both cases" not in capsys.readouterr().out
+    rec = CaptchaRecognizer(tmp_path / "low.pth")
+    assert rec.converter.alphabet == "12ab" and rec.model_spec.rules.case == "lower"
+    assert rec.label_of("AB12.png") == "ab12"  # prediction scores names the way training read them
+
+
+def test_column_spread_of_one_image_has_no_warning():
+    import warnings
+    from augment import column_spread
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert column_spread(torch.zeros(1, 1, 4, 6, dtype=torch.uint8)).tolist() == [0.0] * 6

@@ -1,0 +1,80 @@
+"""Training next to other work: how long the same short training takes with the cores free and
+with another process keeping one core busy, for OpenMP wait policies and thread counts.
+
+Usage:
+    python benchmarks/contention.py                  # 2 epochs on 1000 generated captchas per row
+    python benchmarks/contention.py --quick          # one small row each, seconds
+    python benchmarks/contention.py --markdown docs/results.md
+
+Each row runs ``torch_model_train.py`` in a fresh process (the wait policy is read when torch
+loads). "libgomp default" leaves ``OMP_WAIT_POLICY`` empty, which is what training got before it
+chose passive waiting itself; the busy process is a bounded pure-Python loop pinned to no core.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from common import ROOT, machine, publish
+
+from cli import HelpFormatter, positive_int
+from dataset import plural
+from synthetic import generate
+
+POLICIES = {"libgomp default": "", "passive (the default now)": "PASSIVE", "active": "ACTIVE"}
+BUSY = "import time\nt = time.time() + {limit}\nwhile time.time() < t:\n    pass\n"
+
+
+def timed_training(data: Path, out: Path, epochs: int, policy: str, threads: int | None, busy: bool,
+                   limit: float) -> float:
+    """Wall seconds of one training process; with ``busy``, beside a process that spins on one core."""
+    env = dict(os.environ, OMP_WAIT_POLICY=policy, TQDM_DISABLE="1")
+    env.pop("OMP_NUM_THREADS", None)
+    hog = subprocess.Popen([sys.executable, "-c", BUSY.format(limit=limit)]) if busy else None
+    try:
+        t0 = time.perf_counter()
+        cmd = [sys.executable, str(ROOT / "torch_model_train.py"), "--data", str(data), "--epochs", str(epochs),
+               "--out", str(out), "--plot", "none", "--show-errors", "0"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=limit)
+        return time.perf_counter() - t0
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--images", type=positive_int, default=1000, metavar="N", help="generated captchas to train on")
+    p.add_argument("--epochs", type=positive_int, default=2, metavar="N", help="epochs per timed training")
+    p.add_argument("--limit", type=float, default=900, metavar="S", help="give up on a row after S seconds")
+    p.add_argument("--quick", action="store_true", help="64 images, 1 epoch, two rows")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table into FILE (e.g. docs/results.md)")
+    args = p.parse_args(argv)
+    rows = [(name, policy, threads) for name, policy in POLICIES.items() for threads in (None, 1)]
+    if args.quick:
+        args.images, args.epochs, rows = 64, 1, rows[:1] + rows[2:3]
+    lines = ["| OpenMP wait policy | threads | cores free: s | one core busy: s | slowdown |", "|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        generate(data, args.images, seed=5, show=False)
+        for name, policy, threads in rows:
+            free, busy = (timed_training(data, Path(tmp) / "m.pth", args.epochs, policy, threads, b, args.limit)
+                          for b in (False, True))
+            print(f"  {name}, threads {threads or 'per core'}: {free:.1f} s free, {busy:.1f} s busy", file=sys.stderr)
+            lines.append(f"| {name} | {threads or f'{os.cpu_count()} (one per core)'} | {free:.1f} | {busy:.1f} | "
+                         f"{busy / free:.1f}x |")
+    what = f"{plural(args.epochs, 'epoch')} on {args.images} generated 50x22 captchas, CNN, default recipe"
+    return publish("\n".join([what, "", *lines, "", machine()]), args.markdown, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
