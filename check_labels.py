@@ -27,6 +27,7 @@ from cli import HelpFormatter, positive_int, train_config
 from crossread import cross_read, suspects
 from dataset import DataError, labelled_files, load_images
 from metrics import contact_sheet
+from runtime import ConfigError, check_writable
 
 
 def format_suspects(found: Sequence[dict[str, Any]], n: int) -> str:
@@ -60,11 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = replace(train_config(shlex.split(args.train_args)), arch=args.arch, seed=args.seed)
     try:
+        if args.sheet:
+            check_writable("sheet", args.sheet)
         _, labelled = load_images(labelled_files(args.inputs))  # warn about unreadable files once
         if not labelled:
             raise DataError(f"none of the labelled images in {', '.join(args.inputs)} could be read")
         with tempfile.TemporaryDirectory() as tmp:
             results = cross_read(labelled, args.folds, cfg, Path(tmp))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

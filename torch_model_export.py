@@ -24,6 +24,7 @@ from checkpoint import CheckpointError, ModelSpec, load_checkpoint
 from cli import HelpFormatter, positive_int
 from dataset import DataError
 from export import INT8_MIN_AGREEMENT, calibration_arrays, calibration_inputs, export_int8, export_onnx, verify
+from runtime import ConfigError, check_writable
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime.safe_console()
     args = parse_args(argv)
     try:
+        if args.out:
+            check_writable("out", args.out)
         out = export(args)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         if args.verify:
@@ -68,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: the {'int8 ' if args.int8 else ''}ONNX model reads differently from PyTorch",
                       file=sys.stderr)
                 return 1
-    except CheckpointError as e:
+    except (CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DataError as e:

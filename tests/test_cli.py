@@ -180,3 +180,11 @@ def test_a_second_training_of_the_same_output_refuses_at_start(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         f"error: another training (pid {os.getpid()}) is writing {tmp_path / 'm.pth'}: wait for it to finish or "
         "give another --out"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, flag", [(["torch_model_export.py", "none.pth", "--out", "/proc/x/m.onnx"], "--out"),
+                                        (["check_labels.py", "none", "--sheet", "/proc/s.png"], "--sheet")])
+def test_outputs_that_cannot_be_written_fail_before_any_work(argv, flag, tmp_path):
+    r = run_script(*argv, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and flag in r.stderr, r.stderr
