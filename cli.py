@@ -104,6 +104,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=non_negative_int, default=0, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "
                         "when there is no --data)")
+    p.add_argument("--unlabelled", metavar="DIR",
+                   help="folder of unlabelled captchas (any file names) to learn from as well: self-training "
+                        "with stable pseudo-labels")
+    p.add_argument("--rounds", type=positive_int, default=3, metavar="N",
+                   help="with --unlabelled: self-training rounds after the labelled-only one")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads (default: one per core, or OMP_NUM_THREADS)")
     p.add_argument("--workers", type=non_negative_int, default=None, metavar="N",

@@ -76,6 +76,8 @@ class TrainConfig:
     strokes: str = "arcs"  # key of augment.STROKES
     augment: bool = True
     synthetic: int = 0  # freshly generated captchas added per epoch
+    unlabelled: str | None = None  # folder of unlabelled captchas for semi-supervised training (selftrain.py)
+    rounds: int = 3  # with unlabelled: self-training rounds after the labelled-only one
     workers: int | None = None  # DataLoader worker processes
     threads: int | None = None  # CPU threads; None: one per core
     amp: str = "auto"  # CUDA mixed precision: auto, bf16, fp16, off
@@ -93,6 +95,14 @@ MIN_SIZE = {"cnn": (16, 16), "crnn": (8, 16)}  # smallest (width, height) each f
 
 
 @dataclass
+class Split:
+    """Validation images as one uint8 tensor ``(N, C, H, W)``, their labels and names."""
+    arrays: torch.Tensor | None = None
+    labels: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainResult:
     """What ``train`` returns: the best epoch's validation scores and where it was saved."""
     out: Path
@@ -100,6 +110,8 @@ class TrainResult:
     config: TrainConfig  # with every default resolved
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # self-training: one summary per round
+    validation: Split | None = None  # the validation images, as uint8 arrays at the input size
 
 
 # ------------------------------------------------------------------------ distributed
@@ -331,17 +343,11 @@ def warn_mixed_case(cfg: TrainConfig, labels: Sequence[str], log: Callable[..., 
 
 # -------------------------------------------------------------------------- datasets
 
-@dataclass
-class Split:
-    """Validation images as one uint8 tensor ``(N, C, H, W)``, their labels and names."""
-    arrays: torch.Tensor | None = None
-    labels: list[str] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-
-
 def build_datasets(cfg: TrainConfig, data: LabelledImages | None, conv: LabelConverter, spec: Preprocess,
-                   log: Callable[..., None]) -> tuple[torch.utils.data.Dataset, Split]:
-    """The training set and the validation split; validation comes from the real folder when there is one."""
+                   log: Callable[..., None], extra: LabelledImages | None = None
+                   ) -> tuple[torch.utils.data.Dataset, Split]:
+    """The training set and the validation split; validation comes from the real folder when there
+    is one. ``extra`` images (pseudo-labelled ones) join the training set only."""
     parts: list[torch.utils.data.Dataset] = []
     val = Split()
     if data is not None:
@@ -356,8 +362,13 @@ def build_datasets(cfg: TrainConfig, data: LabelledImages | None, conv: LabelCon
         names = [data.paths[i].name for i in keep]
         tr, va = split_indices(len(labels), [cfg.val_split], cfg.seed) if cfg.val_split > 0 else (
             list(range(len(labels))), [])
-        parts.append(ArrayDataset(arrays[tr], [labels[i] for i in tr]))
-        if len(tr) < FEW_IMAGES and not cfg.synthetic:
+        train_arrays, train_labels = arrays[tr], [labels[i] for i in tr]
+        fit = [i for i, s in enumerate(extra.labels) if conv.accepts(s)] if extra is not None else []
+        if fit:
+            train_arrays = torch.cat([train_arrays, to_arrays([extra.images[i] for i in fit], spec)])
+            train_labels += [extra.labels[i] for i in fit]
+        parts.append(ArrayDataset(train_arrays, train_labels))
+        if len(tr) < FEW_IMAGES and not cfg.synthetic and extra is None:
             log(f"warning: only {len(tr)} training images; real captchas need {FEW_IMAGES} or more "
                 "labelled images to read well")
         if va:
@@ -617,7 +628,7 @@ def make_loader(cfg: TrainConfig, train_set: torch.utils.data.Dataset, d: Dist,
 
 
 def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torch.device,
-          log: Callable[..., None]) -> Run:
+          log: Callable[..., None], extra: LabelledImages | None = None) -> Run:
     """Read the data, resolve the defaults, build the model, loader and optimizer (and restore a resumed run)."""
     init = resume or (load_checkpoint(cfg.init_from) if cfg.init_from else None)
     if init is not None and init["model_args"]["arch"] != cfg.arch:
@@ -625,7 +636,7 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
         cfg = replace(cfg, arch=init["model_args"]["arch"])
     data = read_data(cfg, init, log)
     conv, pre = make_task(cfg, data, init)
-    train_set, val = build_datasets(cfg, data, conv, pre, log)
+    train_set, val = build_datasets(cfg, data, conv, pre, log, extra)
     real = getattr(train_set, "datasets", [train_set])[0]
     spread = column_spread(real.arrays) if isinstance(real, ArrayDataset) else None  # (W,)
     span = text_span(spread) if spread is not None else None  # where splice cuts
@@ -690,24 +701,30 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     return cfg, resume
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train per ``cfg`` (which is not changed); writes checkpoints on rank 0.
+def train(cfg: TrainConfig, extra: LabelledImages | None = None) -> TrainResult:
+    """Train per ``cfg`` (which is not changed); writes checkpoints on rank 0. ``extra`` labelled
+    images join the training set but never the validation split; with ``cfg.unlabelled`` the run
+    is semi-supervised (``selftrain.self_train``).
 
     Raises ``ConfigError`` for settings that cannot work (before anything is read), ``DataError``
     for unusable data, ``CheckpointError`` for a bad checkpoint and ``OutputBusy`` when another
     run is writing the same ``out``.
     """
+    if cfg.unlabelled:
+        from selftrain import self_train
+        return self_train(cfg)
     cfg, resume = prepare(cfg)
     d = Dist()
     lock = output_lock(cfg.out) if d.main else contextlib.nullcontext()
     try:
         with lock:
-            return train_locked(cfg, resume, d)
+            return train_locked(cfg, resume, d, extra)
     finally:
         d.close()
 
 
-def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist) -> TrainResult:
+def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
+                 extra: LabelledImages | None = None) -> TrainResult:
     """``train`` once this process may write ``cfg.out``."""
     device = d.setup(pick_device(cfg.device))
     log = (lambda *a, **k: print(*a, **k)) if d.main and not cfg.quiet else (lambda *a, **k: None)
@@ -719,7 +736,7 @@ def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist) -> Tr
         torch.set_num_threads(cfg.threads or default_threads())
     run = None
     try:
-        run = setup(cfg, resume, d, device, log)
+        run = setup(cfg, resume, d, device, log, extra)
         log(describe(run))
         t0 = time.time()
         for epoch in range(run.start, run.cfg.epochs + 1):
@@ -738,7 +755,7 @@ def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist) -> Tr
     log(f"trained {plural(run.cfg.epochs - run.start + 1, 'epoch')} in {seconds:.1f}s; {result} -> {run.cfg.out}")
     if d.main:
         finish(run)
-    return TrainResult(Path(run.cfg.out), run.best, run.cfg, seconds, run.history)
+    return TrainResult(Path(run.cfg.out), run.best, run.cfg, seconds, run.history, validation=run.val)
 
 
 def finish(run: Run) -> None:

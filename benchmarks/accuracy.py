@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,12 +32,11 @@ from typing import Any, Sequence
 from common import DATASETS, machine, publish, split_files
 
 from cli import HelpFormatter, train_config
-from crossread import train_on
 from dataset import infer_alphabet, list_images, parse_label
 from metrics import score
 from recognizer import CaptchaRecognizer, predict_files
 from synthetic import generate
-from training import TrainConfig
+from training import TrainConfig, TrainResult, train
 
 
 def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
@@ -57,13 +58,43 @@ def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], 
     return test_score(CaptchaRecognizer(int8), test)["sequence_accuracy"]
 
 
-def run_one(files: Sequence[Path], test: Sequence[Path], cfg: TrainConfig, workdir: Path) -> dict[str, Any]:
-    """Train ``cfg`` on ``files``; score the checkpoint on ``test``."""
+def hide_names(files: Sequence[Path], folder: Path) -> dict[str, str]:
+    """Copy ``files`` into ``folder`` under names that are no labels; returns new name -> true label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for i, f in enumerate(files):
+        name = f"img{i:05d}{f.suffix}"
+        shutil.copyfile(f, folder / name)
+        truth[name] = parse_label(f)
+    return truth
+
+
+def pseudo_label_report(result: TrainResult, truth: dict[str, str]) -> str:
+    """Per self-training round: how many pseudo-labels it trained on and how many were right."""
+    parts = []
+    for h in result.rounds[1:]:
+        right = sum(truth[f] == t for f, t in zip(h["pseudo_files"], h["pseudo_labels"]))
+        parts.append(f"round {h['round']} {right}/{h['pseudo']} pseudo-labels right, val {100 * h['val']:.1f}%")
+    return "; ".join(parts) or "no round beyond the labelled-only one"
+
+
+def run_one(files: Sequence[Path], test: Sequence[Path], cfg: TrainConfig, workdir: Path,
+            unlabelled: Sequence[Path] = ()) -> dict[str, Any]:
+    """Train ``cfg`` on ``files`` (and ``unlabelled`` with their names hidden); score on ``test``."""
     out = workdir / f"{cfg.arch}-{cfg.seed}-{len(files)}.pth"
-    seconds = train_on(files, cfg, out)
+    note = ""
+    if unlabelled:
+        truth = hide_names(unlabelled, workdir / f"unlabelled-{cfg.seed}-{len(files)}")
+        cfg = replace(cfg, unlabelled=str(workdir / f"unlabelled-{cfg.seed}-{len(files)}"))
+    t0 = time.perf_counter()
+    result = train(replace(cfg, data=[str(f) for f in files], out=str(out), plot="none", quiet=True))
+    seconds = time.perf_counter() - t0
+    if unlabelled:
+        note = pseudo_label_report(result, truth)
     rec = CaptchaRecognizer(out)
     s = test_score(rec, test)
-    return {**s, "seconds": seconds, "size_mb": out.stat().st_size / 1e6, "int8": int8_score(out, rec, files, test)}
+    return {**s, "seconds": seconds, "size_mb": out.stat().st_size / 1e6, "int8": int8_score(out, rec, files, test),
+            "note": note}
 
 
 def ddddocr_scores(test: Sequence[Path], alphabet: str) -> dict[str, Any] | None:
@@ -111,6 +142,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures")
     p.add_argument("--sizes", nargs="+", default=["all"], help="training set sizes ('all' or a number)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (split, init, augmentation)")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="give the rest of each seed's training pool as unlabelled images (names hidden): "
+                        "self-training rows")
     p.add_argument("--quick", action="store_true", help="smoke run: generated captchas, 1 seed, 2 epochs")
     p.add_argument("--train-args", default="", metavar="FLAGS",
                    help="extra torch_model_train.py flags to measure instead of the default recipe, "
@@ -131,12 +165,16 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
             runs = []
             for seed in args.seeds:
                 train_files, test = split_files(files, seed, n)
-                runs.append(run_one(train_files, test, replace(base, arch=arch, seed=seed), workdir))
+                pool = split_files(files, seed, None)[0] if args.unlabelled else []
+                chosen = set(train_files)
+                rest = [f for f in pool if f not in chosen]
+                runs.append(run_one(train_files, test, replace(base, arch=arch, seed=seed), workdir, rest))
                 print(f"  {name} {arch} n={len(train_files)} seed {seed}: "
                       f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s; "
-                      f"wrong: {' '.join(runs[-1]['wrong']) or 'none'}", file=sys.stderr)
-            rows.append((name, f"{arch} {args.train_args}".strip(), str(len(train_files)), args.seeds,
-                         summarize(runs)))
+                      f"wrong: {' '.join(runs[-1]['wrong']) or 'none'}"
+                      + (f"; {runs[-1]['note']}" if runs[-1]["note"] else ""), file=sys.stderr)
+            label = f"{arch}{f' + {len(rest)} unlabelled' if args.unlabelled else ''} {args.train_args}".strip()
+            rows.append((name, label, str(len(train_files)), args.seeds, summarize(runs)))
     dd = [ddddocr_scores(split_files(files, seed, None)[1], alphabet) for seed in args.seeds]
     if all(dd):
         rows.append((name, "ddddocr (zero-shot)", "0", args.seeds, summarize(dd)))

@@ -1,0 +1,147 @@
+"""Semi-supervised training: self-training on the unlabelled captchas a user already has.
+
+Round 0 trains on the labelled images alone. Each further round reads the unlabelled images
+with the best model so far and keeps a reading as a pseudo-label only when it is stable: the
+clean image and ``VIEWS`` slightly perturbed copies (shift, rotation, scale, contrast) all read
+the same text. A fresh model then trains on the labelled images plus those pseudo-labels; the
+validation split stays labelled images only, and a round is kept only if it reads that split at
+least as well as the round before. Too few stable readings, or a worse round, and training stops
+with the better model and says so.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+from augment import Augment, augment
+from checkpoint import atomic_save, load_checkpoint, output_lock
+from dataset import DataError, LabelledImages, labelled_files, list_images, load_images, parse_label, plural, shown, to_arrays
+from recognizer import CaptchaRecognizer, infer
+from runtime import ConfigError
+from training import TrainConfig, TrainResult, input_defaults, save_plot, train
+
+VIEWS = 4  # perturbed copies that must read like the clean image
+WEAK = Augment(shift=0.03, rotate=2.0, shear=0.05, scale=0.04, brightness=0.1, contrast=0.1, noise=0.02, lines=0.0)
+MIN_SHARE = 0.05  # below this share of stable readings a round is not worth training
+MIN_PRECISION = 0.95  # share of the stable validation readings that must be right to trust stable readings
+
+
+def read_unlabelled(folder: str, recursive: bool = False) -> tuple[list[Image.Image], list[Path]]:
+    """The decoded images of ``folder`` whatever their names; unreadable ones are skipped with one warning."""
+    files = list_images([folder], recursive)
+    images, paths = load_images(files)
+    if not images:
+        raise DataError(f"no readable images in --unlabelled {shown(folder)}")
+    return images, paths
+
+
+def stable_readings(rec: CaptchaRecognizer, arrays: torch.Tensor, seed: int,
+                    lengths: set[int]) -> list[tuple[str, float] | None]:
+    """Per uint8 image ``(N, C, H, W)``: ``(text, confidence)`` when the clean image and ``VIEWS``
+    perturbed copies read the same text of a labelled length, else None."""
+    texts, confs = infer(rec.logits, rec.converter, arrays, rec.batch_size)
+    same = [len(t) in lengths for t in texts]
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(VIEWS):
+        seen, _ = infer(lambda x: rec.logits(augment(x, WEAK, gen)), rec.converter, arrays, rec.batch_size)
+        same = [ok and a == b for ok, a, b in zip(same, texts, seen)]
+    return [(t, c) if ok else None for t, c, ok in zip(texts, confs, same)]
+
+
+def stable_precision(rec: CaptchaRecognizer, result: TrainResult, seed: int, lengths: set[int]) -> tuple[float, int]:
+    """How often stable readings of the labelled validation split are right, and how many there were."""
+    val = result.validation
+    readings = stable_readings(rec, val.arrays, seed, lengths)
+    stable = [(x[0], t) for x, t in zip(readings, val.labels) if x is not None]
+    return (sum(a == b for a, b in stable) / len(stable) if stable else 0.0), len(stable)
+
+
+def round_config(cfg: TrainConfig, work: Path, r: int) -> TrainConfig:
+    return replace(cfg, unlabelled=None, out=str(work / f"round{r}.pth"), plot="none", resume=None)
+
+
+def self_train(cfg: TrainConfig) -> TrainResult:
+    """Train on ``cfg.data`` plus pseudo-labels of ``cfg.unlabelled`` (see the module docstring)."""
+    if cfg.resume is not None:
+        raise ConfigError("unlabelled", "cannot be combined with --resume; rerun the self-training instead")
+    if cfg.val_split <= 0:
+        raise ConfigError("unlabelled", "needs a validation split (--val-split > 0) to tell whether pseudo-labels "
+                                        "can be trusted")
+    base = input_defaults(replace(cfg, unlabelled=None))
+    log: Callable[..., None] = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
+    work = Path(base.out).with_name(f".{Path(base.out).stem}-rounds")
+    t0 = time.time()
+    with output_lock(base.out):
+        images, paths = read_unlabelled(cfg.unlabelled, cfg.recursive)
+        log(f"self-training: {plural(len(images), 'unlabelled captcha')} in {shown(cfg.unlabelled)}, "
+            f"up to {plural(cfg.rounds, 'round')} after the labelled-only one")
+        try:
+            best, history = run_rounds(base, cfg.rounds, images, paths, work, log)
+            publish(best, base.out, cfg, history)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    log(f"self-training done in {time.time() - t0:.1f}s; kept round {history[-1]['kept']}: validation sequence "
+        f"accuracy {100 * best.best['sequence_accuracy']:.2f}% -> {base.out}")
+    return TrainResult(Path(base.out), best.best, replace(best.config, out=base.out, unlabelled=cfg.unlabelled),
+                       time.time() - t0, best.history, history)
+
+
+def run_rounds(base: TrainConfig, rounds: int, images: list[Image.Image], paths: list[Path], work: Path,
+               log: Callable[..., None]) -> tuple[TrainResult, list[dict[str, Any]]]:
+    """The labelled-only round and the self-training rounds; returns the kept round and a summary."""
+    log("round 0: the labelled images alone")
+    best = train(round_config(base, work, 0))
+    lengths = labelled_lengths(best)
+    history = [{"round": 0, "pseudo": 0, "val": best.best["sequence_accuracy"], "kept": 0}]
+    for r in range(1, rounds + 1):
+        rec = CaptchaRecognizer(best.out)
+        precision, n_stable = stable_precision(rec, best, base.seed + r, lengths)
+        readings = stable_readings(rec, to_arrays(images, rec.spec), base.seed + r, lengths)
+        kept = [i for i, x in enumerate(readings) if x is not None]
+        check = (f"{100 * precision:.1f}% of the {n_stable} stable validation readings are right" if n_stable
+                 else "no validation image reads stably")
+        log(f"round {r}: {len(kept)} of {len(images)} unlabelled captchas read the same under {VIEWS} "
+            f"perturbations; {check}")
+        if precision < MIN_PRECISION or len(kept) < MIN_SHARE * len(images):
+            log(f"pseudo-labels are not confident enough: keeping round {history[-1]['kept']}"
+                + (" (labelled images only)" if history[-1]["kept"] == 0 else ""))
+            break
+        extra = LabelledImages([images[i] for i in kept], [readings[i][0] for i in kept], [paths[i] for i in kept])
+        result = train(round_config(base, work, r), extra=extra)
+        score = result.best["sequence_accuracy"]
+        history.append({"round": r, "pseudo": len(kept), "val": score,
+                        "kept": r if score >= best.best["sequence_accuracy"] else history[-1]["kept"],
+                        "pseudo_files": [shown(paths[i].name) for i in kept],
+                        "pseudo_labels": [readings[i][0] for i in kept]})
+        if score < best.best["sequence_accuracy"]:
+            log(f"round {r} read the validation split worse ({100 * score:.2f}% against "
+                f"{100 * best.best['sequence_accuracy']:.2f}%): keeping round {history[-1]['kept']}")
+            break
+        best = result
+    return best, history
+
+
+def labelled_lengths(result: TrainResult) -> set[int]:
+    """The label lengths a pseudo-label may have: the CNN's one length, the CRNN's labels' lengths."""
+    rec = CaptchaRecognizer(result.out)
+    if rec.arch == "cnn":
+        return {rec.converter.length}
+    files = labelled_files(result.config.data, result.config.alphabet, rec.model_spec.rules, result.config.recursive)
+    return {len(parse_label(f, result.config.alphabet, rec.model_spec.rules)) for f in files}
+
+
+def publish(best: TrainResult, out: str, cfg: TrainConfig, history: list[dict[str, Any]]) -> None:
+    """Write the kept round's checkpoint to ``out``, recording the self-training in its config."""
+    ckpt = load_checkpoint(best.out)
+    ckpt["config"] = {**ckpt["config"], "out": out, "unlabelled": cfg.unlabelled, "rounds": cfg.rounds}
+    ckpt["self_training"] = [{k: v for k, v in h.items() if not k.startswith("pseudo_")} for h in history]
+    atomic_save(ckpt, out)
+    if cfg.plot != "none":
+        save_plot(best.history, f"{os.path.splitext(out)[0]}.png" if cfg.plot == "auto" else cfg.plot)

@@ -1,0 +1,72 @@
+"""Self-training on unlabelled captchas: stable readings become pseudo-labels only when they can be trusted."""
+from __future__ import annotations
+
+import pytest
+
+from checkpoint import load_checkpoint
+from conftest import ROOT
+from dataset import load_images, to_arrays
+from recognizer import CaptchaRecognizer
+from runtime import ConfigError
+from selftrain import stable_readings
+from synthetic import generate
+from training import TrainConfig, train
+
+
+def unlabelled_copy(src, dst, n: int):
+    """The first ``n`` images of ``src`` under names that are no labels; returns their true labels."""
+    dst.mkdir()
+    truth = {}
+    for i, f in enumerate(sorted(src.iterdir())[:n]):
+        (dst / f"img{i:03d}.png").write_bytes(f.read_bytes())
+        truth[f"img{i:03d}.png"] = f.name[:4]
+    return truth
+
+
+def test_stable_readings_need_every_perturbed_copy_to_agree(digits_dir):
+    rec = CaptchaRecognizer(ROOT / "captcha_recognize.pth")  # a trained reader: some images are borderline
+    images, _ = load_images(sorted(digits_dir.iterdir())[:16])
+    arrays = to_arrays(images, rec.spec)  # (16, C, H, W) uint8
+    clean = [t for t, _ in rec.predict_arrays(arrays)]
+    readings = stable_readings(rec, arrays, seed=0, lengths={4})
+    assert all(r is None or r[0] == c for r, c in zip(readings, clean))  # a pseudo-label is the clean reading
+    assert 0 < sum(r is None for r in readings) < 16  # some read unstably, most do not
+    assert stable_readings(rec, arrays, seed=0, lengths={5}) == [None] * 16  # never of a length not labelled
+
+
+def test_self_training_needs_a_validation_split_and_no_resume(tmp_path):
+    with pytest.raises(ConfigError, match="--unlabelled: needs a validation split"):
+        train(TrainConfig(data=["x"], unlabelled="y", val_split=0))
+    with pytest.raises(ConfigError, match="--unlabelled: cannot be combined with --resume"):
+        train(TrainConfig(data=["x"], unlabelled="y", resume="z"))
+
+
+@pytest.mark.slow
+def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, tmp_path, capsys):
+    unlabelled_copy(digits_dir, tmp_path / "unl", 40)
+    result = train(TrainConfig(data=[str(digits_dir)], unlabelled=str(tmp_path / "unl"), epochs=1,
+                               out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
+    out = capsys.readouterr().out
+    assert "pseudo-labels are not confident enough: keeping round 0 (labelled images only)" in out
+    assert [r["round"] for r in result.rounds] == [0] and load_checkpoint(tmp_path / "m.pth")["self_training"][0]["kept"] == 0
+    assert not (tmp_path / ".m-rounds").exists()  # the rounds' files are gone
+
+
+@pytest.mark.slow
+def test_a_good_model_trains_on_its_stable_pseudo_labels(tmp_path, capsys):
+    labelled = tmp_path / "lab"
+    generate(labelled, 40, seed=21, show=False)
+    generate(tmp_path / "pool", 60, seed=22, show=False)
+    truth = unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 60)
+    shipped = str(ROOT / "captcha_recognize.pth")  # a good reader of these captchas to start each round from
+    result = train(TrainConfig(data=[str(labelled)], unlabelled=str(tmp_path / "unl"), rounds=1, epochs=2, lr=1e-3,
+                               init_from=shipped, val_split=0.25, batch_size=16,
+                               out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
+    r1 = result.rounds[1]
+    assert r1["pseudo"] >= 20  # most of the pool read stably
+    right = sum(truth[f] == t for f, t in zip(r1["pseudo_files"], r1["pseudo_labels"]))
+    assert right >= 0.9 * r1["pseudo"]  # and those readings are right
+    ckpt = load_checkpoint(tmp_path / "m.pth")
+    assert ckpt["config"]["unlabelled"] == str(tmp_path / "unl") and len(ckpt["self_training"]) == 2
+    assert ckpt["self_training"][1]["kept"] in (0, 1)
+    assert f"{r1['pseudo']} of 60 unlabelled captchas read the same" in capsys.readouterr().out
