@@ -48,7 +48,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="folders and/or image files named by their labels")
     p.add_argument("--folds", type=positive_int, default=5, metavar="N", help="parts; each trains a model on the others")
-    p.add_argument("--arch", choices=["cnn", "crnn"], default="cnn", help="model family to train")
+    p.add_argument("--arch", choices=["auto", "cnn", "crnn"], default="auto",
+                   help="model family to train (auto: as torch_model_train.py picks it)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the split and of training")
     p.add_argument("--sheet", metavar="PNG", help="write a contact sheet of the disagreeing images")
     p.add_argument("--train-args", default="", metavar="FLAGS",

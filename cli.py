@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 from augment import STROKES
 from dataset import CASES
+from schedule import BUDGET_PER_1000, MIN_BUDGET
 from training import DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
 
 
@@ -58,7 +59,9 @@ def train_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="*", default=None, metavar="DIR",
                    help="folders/files of labelled images (default: train_images, unless --synthetic alone)")
-    p.add_argument("--arch", choices=["cnn", "crnn"], default="cnn", help="model family")
+    p.add_argument("--arch", choices=["auto", "cnn", "crnn"], default="auto",
+                   help="model family; auto: the cnn when every label has one length and the characters sit at "
+                        "fixed, evenly spaced places, else the crnn (training says which and why)")
     p.add_argument("--epochs", type=positive_int, default=None, metavar="N",
                    help=f"passes over the data (default: enough for about {DEFAULT_STEPS} optimizer steps, "
                         f"{SMALL_SET_STEPS} under {SMALL_SET} training images; at least {MIN_EPOCHS} epochs)")
@@ -109,6 +112,10 @@ def train_parser() -> argparse.ArgumentParser:
                         "with stable pseudo-labels")
     p.add_argument("--rounds", type=positive_int, default=3, metavar="N",
                    help="with --unlabelled: self-training rounds after the labelled-only one")
+    p.add_argument("--time-budget", type=positive_float, metavar="MINUTES",
+                   help="longest the training may take; the schedule is fitted to it and extended while "
+                        f"validation improves (default: {BUDGET_PER_1000 / 60:g} min per 1000 training images, "
+                        f"at least {MIN_BUDGET / 60:g}; printed at start)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads (default: one per core, or OMP_NUM_THREADS)")
     p.add_argument("--workers", type=non_negative_int, default=None, metavar="N",

@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from dataset import DataError, parse_label
+from dataset import DataError, parse_label, read_labelled
 from recognizer import CaptchaRecognizer, predict_files
-from training import TrainConfig, train
+from training import TrainConfig, choose_arch, train
 
 
 def fold_files(files: Sequence[Path], folds: int, seed: int) -> list[list[Path]]:
@@ -42,6 +42,11 @@ def train_on(files: Sequence[Path], cfg: TrainConfig, out: Path) -> float:
 def cross_read(files: Sequence[Path], folds: int, cfg: TrainConfig, workdir: Path) -> list[dict[str, Any]]:
     """``predict_files`` results for every file, each from the fold model that did not train on it."""
     parts = fold_files(files, folds, cfg.seed)
+    if cfg.arch == "auto" and cfg.length is None:  # decided on the common length: a typo must not decide it
+        n = common_length(files)
+        arch, why = choose_arch(read_labelled([f for f in files if len(parse_label(f) or "") == n]), cfg)
+        print(f"arch auto: {arch}, as {why}", file=sys.stderr)
+        cfg = replace(cfg, arch=arch)
     if cfg.arch == "cnn" and cfg.length is None:
         cfg = replace(cfg, length=common_length(files))
     results = []

@@ -186,12 +186,25 @@ class Preprocess:
 # colour at the classic small size, the CRNN grey and a little larger).
 MAX_HEIGHT = {"cnn": 24, "crnn": 32}
 CHANNELS = {"cnn": 3, "crnn": 1}
+# tall captchas (at least TALL pixels high) lose their glyphs' details at 32 pixels: the CRNN keeps
+# up to TALL_MAX_HEIGHT of their height
+TALL, TALL_MAX_HEIGHT = 60, 64
+
+
+def max_height(arch: str, sizes: Sequence[tuple[int, int]]) -> int:
+    """The default input height cap of ``arch`` for images of these sizes."""
+    h = most_common(sizes)[1] if sizes else 0
+    return TALL_MAX_HEIGHT if arch == "crnn" and h >= TALL else MAX_HEIGHT[arch]
+
+
+def most_common(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    return max(set(sizes), key=list(sizes).count)
 
 
 def auto_size(sizes: Sequence[tuple[int, int]], max_height: int = 24) -> tuple[int, int]:
     """Model input (width, height) for a folder: its most common image size, scaled down
     (aspect kept) to at most ``max_height`` pixels high."""
-    w, h = max(set(sizes), key=list(sizes).count)
+    w, h = most_common(sizes)
     if h > max_height:
         w, h = max(16, round(w * max_height / h)), max_height
     return w, h

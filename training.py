@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
+import schedule
 from augment import STROKES, augment, column_spread, evenly_spaced, splice, text_span
 from checkpoint import (CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
                         remove_stale_temporaries)
-from dataset import (CHANNELS, IMAGE_EXTS, MAX_HEIGHT, ArrayDataset, DataError, LabelConverter, LabelledImages, LabelRules,
-                     Preprocess, auto_size, infer_alphabet, mixed_case, normalize, plural, read_label_map, read_labelled,
+from dataset import (CHANNELS, IMAGE_EXTS, ArrayDataset, DataError, LabelConverter, LabelledImages, LabelRules,
+                     Preprocess, auto_size, infer_alphabet, max_height, mixed_case, normalize, plural, read_label_map, read_labelled,
                      split_indices, to_arrays)
 from metrics import format_scores, mistakes_table, score
 from model import ModelConfig, build_model
@@ -51,7 +52,7 @@ class TrainConfig:
     """Everything a training run is a function of; the command-line flags map onto these fields.
     ``None`` means "pick the default from the data" (see ``resolve_defaults``)."""
     data: list[str] | None = None  # folders/files of labelled images; None: train_images (unless synthetic only)
-    arch: str = "cnn"  # "cnn" or "crnn"
+    arch: str = "auto"  # "cnn", "crnn", or "auto": chosen from the labels and images (choose_arch)
     epochs: int | None = None
     batch_size: int = 32
     lr: float = 3e-3
@@ -78,6 +79,7 @@ class TrainConfig:
     synthetic: int = 0  # freshly generated captchas added per epoch
     unlabelled: str | None = None  # folder of unlabelled captchas for semi-supervised training (selftrain.py)
     rounds: int = 3  # with unlabelled: self-training rounds after the labelled-only one
+    time_budget: float | None = None  # minutes training may take; None: schedule.default_budget
     workers: int | None = None  # DataLoader worker processes
     threads: int | None = None  # CPU threads; None: one per core
     amp: str = "auto"  # CUDA mixed precision: auto, bf16, fp16, off
@@ -90,8 +92,9 @@ class TrainConfig:
 RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "length", "img_size", "channels", "seed",
                     "val_split", "batch_size", "synthetic")
 # how this call runs and reports, not what the run is: a resumed run takes them from the call
-NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet"}
-MIN_SIZE = {"cnn": (16, 16), "crnn": (8, 16)}  # smallest (width, height) each family's pooling allows
+NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet",
+               "time_budget"}
+MIN_SIZE = {"cnn": (16, 16), "crnn": (8, 16), "auto": (8, 16)}  # smallest (width, height) each family allows
 
 
 @dataclass
@@ -205,7 +208,8 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.img_size:
         (w, h), (mw, mh) = cfg.img_size, MIN_SIZE[cfg.arch]
         if w < mw or h < mh:
-            raise ConfigError("img_size", f"must be at least {mw}x{mh} for the {cfg.arch}, got {w}x{h}")
+            family = "smaller family" if cfg.arch == "auto" else cfg.arch
+            raise ConfigError("img_size", f"must be at least {mw}x{mh} for the {family}, got {w}x{h}")
     if cfg.case not in (None, "keep", "lower", "upper"):
         raise ConfigError("case", f"must be keep, lower or upper, got {cfg.case!r}")
     if cfg.strokes not in STROKES:
@@ -325,11 +329,31 @@ def make_task(cfg: TrainConfig, data: LabelledImages | None,
     if cfg.img_size:
         w, h = cfg.img_size
     elif data is not None:
-        w, h = auto_size([im.size for im in data.images], MAX_HEIGHT[cfg.arch])
+        sizes = [im.size for im in data.images]
+        w, h = auto_size(sizes, max_height(cfg.arch, sizes))
     else:
         w, h = 50, 22
     channels = cfg.channels or CHANNELS[cfg.arch]
     return LabelConverter(alphabet, length, ctc=cfg.arch == "crnn"), Preprocess(w, h, channels)
+
+
+def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str]:
+    """``--arch auto``: the CNN when every label has one length and the characters sit at fixed,
+    evenly spaced places (its position heads then each see one character), else the CRNN, which
+    reads any length and layout. Returns the choice and the reason, for the log."""
+    if cfg.length:
+        return "cnn", f"--length {cfg.length} was given"
+    if data is None:
+        return "cnn", "generated captchas of one length"
+    lengths = sorted({len(s) for s in data.labels})
+    if len(lengths) > 1:
+        return "crnn", f"the labels have {len(lengths)} lengths"
+    sizes = [im.size for im in data.images]
+    w, h = cfg.img_size or auto_size(sizes, max_height("cnn", sizes))
+    spread = column_spread(to_arrays(data.images[:2000], Preprocess(w, h, CHANNELS["cnn"])))  # (W,)
+    if evenly_spaced(spread, text_span(spread), lengths[0]):
+        return "cnn", f"the {lengths[0]} characters sit at fixed, evenly spaced places"
+    return "crnn", "the characters are not at fixed, evenly spaced places"
 
 
 def warn_mixed_case(cfg: TrainConfig, labels: Sequence[str], log: Callable[..., None]) -> None:
@@ -485,6 +509,13 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     saved: bool = False  # a checkpoint of this run exists
+    given: TrainConfig | None = None  # the config before the data-dependent defaults, for a retry
+    can_retry: bool = True  # a run stuck at chance may start once more, changed
+    plan_epochs: int = 0  # the planned cycle's length (extensions come after it)
+    segments: list[list[Any]] = field(default_factory=list)  # [first epoch, epochs, peak lr] per cycle
+    budget: float = 0.0  # seconds this process may train
+    started: float = 0.0  # when this process started training (time.time())
+    epoch_seconds: float = 0.0  # the last epoch's duration
 
     @property
     def converter(self) -> LabelConverter:
@@ -554,7 +585,8 @@ def save_state(run: Run, epoch: int, improved: bool) -> None:
     if not run.d.main:
         return
     config = asdict(run.cfg)
-    extra = {"config": config, "epoch": epoch, "best": run.best, "history": run.history}
+    extra = {"config": config, "epoch": epoch, "best": run.best, "history": run.history,
+             "schedule": {"plan_epochs": run.plan_epochs, "segments": run.segments}}
     if improved:
         weights = (run.ema.model if run.ema is not None else run.raw_model).state_dict()
         atomic_save(checkpoint_dict(weights, run.model_args, run.spec, **extra, optimizer=None, scheduler=None,
@@ -581,7 +613,7 @@ def run_epoch(run: Run, epoch: int, t0: float) -> None:
         s, _, _ = validate(eval_model, run.val, run.converter, run.device, run.d)
         record.update({k: s[k] for k in ("sequence_accuracy", "character_accuracy", "position_accuracy")})
         line += "\n  " + format_scores(s)
-        improved = is_best(s, run.best, epoch, cfg.epochs)
+        improved = is_best(s, run.best, epoch, run.plan_epochs)
     else:
         s, improved = {"sequence_accuracy": 0.0}, True
     run.history.append(record)
@@ -628,13 +660,19 @@ def make_loader(cfg: TrainConfig, train_set: torch.utils.data.Dataset, d: Dist,
 
 
 def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torch.device,
-          log: Callable[..., None], extra: LabelledImages | None = None) -> Run:
+          log: Callable[..., None], extra: LabelledImages | None = None, can_retry: bool = True) -> Run:
     """Read the data, resolve the defaults, build the model, loader and optimizer (and restore a resumed run)."""
+    given = cfg
     init = resume or (load_checkpoint(cfg.init_from) if cfg.init_from else None)
     if init is not None and init["model_args"]["arch"] != cfg.arch:
         log(f"note: using the checkpoint's architecture {init['model_args']['arch']!r}")
         cfg = replace(cfg, arch=init["model_args"]["arch"])
     data = read_data(cfg, init, log)
+    if cfg.arch == "auto":
+        arch, why = choose_arch(data, cfg)
+        log(f"arch auto: {arch}, as {why} (--arch cnn or crnn to choose)")
+        cfg = replace(cfg, arch=arch)
+        check_config(cfg)
     conv, pre = make_task(cfg, data, init)
     train_set, val = build_datasets(cfg, data, conv, pre, log, extra)
     real = getattr(train_set, "datasets", [train_set])[0]
@@ -649,12 +687,13 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
     model = torch.nn.parallel.DistributedDataParallel(raw_model) if d.enabled else raw_model
     loader, sampler = make_loader(cfg, train_set, d, device)
     opt = torch.optim.AdamW(raw_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader),
-                                                pct_start=0.15)
+    sched = schedule.one_cycle(opt, cfg.lr, cfg.epochs * len(loader))
     amp_ctx, scaler = autocast_for(device, cfg.amp)
     ema = EMA(raw_model, cfg.ema) if cfg.ema > 0 else None
     run = Run(cfg, d, device, log, spec, model_args, train_set, val, span, raw_model, model, loader, sampler,
-              opt, sched, ema, amp_ctx, scaler)
+              opt, sched, ema, amp_ctx, scaler, given=given, can_retry=can_retry, plan_epochs=cfg.epochs,
+              segments=[[1, cfg.epochs, cfg.lr]])
+    run.budget = 60 * cfg.time_budget if cfg.time_budget else schedule.default_budget(len(train_set))
     if resume is not None:
         restore(run, resume)
     return run
@@ -662,13 +701,20 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
 
 def restore(run: Run, resume: dict[str, Any]) -> None:
     """Continue a run from its resumable checkpoint: optimizer, schedule, epoch, scores, weight average.
-    A run resumed with more epochs keeps its step count on the longer schedule."""
+    A run resumed with more epochs keeps its step count on the longer cycle."""
     run.opt.load_state_dict(resume["optimizer"])
-    total, phases = run.sched.total_steps, run.sched._schedule_phases  # OneCycleLR's plan for the new length
+    epochs = resume["config"]["epochs"]
+    plan = resume.get("schedule") or {"plan_epochs": epochs, "segments": [[1, epochs, run.cfg.lr]]}
+    run.plan_epochs, run.segments = plan["plan_epochs"], [list(x) for x in plan["segments"]]
+    first, n, peak = run.segments[-1]
+    run.sched = schedule.one_cycle(run.opt, peak, n * len(run.loader))
     run.sched.load_state_dict(resume["scheduler"])
-    if run.sched.total_steps != total:
-        run.log(f"extending the schedule from {resume['config']['epochs']} to {run.cfg.epochs} epochs")
-        run.sched.total_steps, run.sched._schedule_phases = total, phases
+    if run.cfg.epochs != first + n - 1:
+        run.log(f"extending the schedule from {first + n - 1} to {run.cfg.epochs} epochs")
+        run.segments[-1][1] = run.cfg.epochs - first + 1
+        run.sched = schedule.replan(run.sched, peak, run.segments[-1][1] * len(run.loader))
+        if len(run.segments) == 1:
+            run.plan_epochs = run.cfg.epochs
     run.start, run.best, run.history = resume["epoch"] + 1, resume["best"], resume["history"]
     if run.ema is not None and resume.get("ema") is not None:
         run.ema.model.load_state_dict(resume["ema"]["model"])
@@ -679,6 +725,87 @@ def restore(run: Run, resume: dict[str, Any]) -> None:
     run.log(f"resuming at epoch {run.start} of {run.cfg.epochs} from {run.cfg.resume}")
 
 
+# ----------------------------------------------------------------- how long training runs
+
+class StuckAtChance(Exception):
+    """Raised by ``check_chance``: the run starts again with ``cfg``, for the reason in ``message``."""
+
+    def __init__(self, cfg: TrainConfig, message: str):
+        super().__init__(message)
+        self.cfg, self.message = cfg, message
+
+
+def fit_budget(run: Run, epoch: int) -> None:
+    """After the first epoch: shorten the current cycle if the rest of it would overrun the budget."""
+    left = run.budget - (time.time() - run.started)
+    n = schedule.epochs_in_budget(run.cfg.epochs, epoch, run.epoch_seconds, left)
+    if n >= run.cfg.epochs:
+        return
+    run.log(f"the time budget ({run.budget / 60:.3g} min) holds {n} of the {run.cfg.epochs} planned epochs: "
+            f"the schedule is shortened to fit (--time-budget MINUTES for more)")
+    first, _, peak = run.segments[-1]
+    run.segments[-1][1] = n - first + 1
+    run.sched = schedule.replan(run.sched, peak, run.segments[-1][1] * len(run.loader))
+    run.plan_epochs = n if len(run.segments) == 1 else run.plan_epochs
+    run.cfg = replace(run.cfg, epochs=n)
+
+
+def check_chance(run: Run, epoch: int) -> None:
+    """A third of the way into the plan (at least 5 epochs), a run still reading no better than guessing starts
+    again once: the CNN as a CRNN, a CRNN with a third of the learning rate."""
+    due = max(5, math.ceil(schedule.CHANCE_AT * run.plan_epochs))
+    if not run.can_retry or not run.val.labels or epoch != due or due > run.plan_epochs:
+        return
+    if not schedule.at_chance(run.history, len(run.converter.alphabet), run.converter.ctc):
+        return
+    if run.cfg.arch == "cnn":
+        new, change = replace(run.given, arch="crnn"), "starting again as a CRNN, which reads text at any place"
+    else:
+        new, change = replace(run.given, lr=run.cfg.lr / 3), f"starting again at learning rate {run.cfg.lr / 3:.2g}"
+    raise StuckAtChance(new, f"after {plural(epoch, 'epoch')} the {run.cfg.arch} still reads the validation "
+                             f"images no better than guessing: {change}")
+
+
+def extend(run: Run, epoch: int) -> None:
+    """At the end of a cycle: another, shorter one while validation still improves and the budget allows."""
+    scores = [h["sequence_accuracy"] for h in run.history if "sequence_accuracy" in h]
+    window = run.segments[-1][1] if len(run.segments) > 1 else max(1, run.plan_epochs // 4)
+    if not run.val.labels or not schedule.still_improving(scores, window, 1 / len(run.val.labels)):
+        return
+    n = max(1, math.ceil(schedule.EXTEND_SHARE * run.plan_epochs))
+    left = run.budget - (time.time() - run.started)
+    if n * run.epoch_seconds > left:
+        run.log(f"validation is still improving, but the time budget ({run.budget / 60:.3g} min) is spent: "
+                "--time-budget MINUTES lets it train longer")
+        return
+    peak = run.segments[-1][2] * schedule.EXTEND_LR
+    run.log(f"validation is still improving: {plural(n, 'more epoch')} at peak learning rate {peak:.2g} "
+            f"({left / 60:.1f} min of the budget left)")
+    run.segments.append([epoch + 1, n, peak])
+    run.sched = schedule.one_cycle(run.opt, peak, n * len(run.loader))
+    run.cfg = replace(run.cfg, epochs=run.cfg.epochs + n)
+
+
+def run_schedule(run: Run) -> None:
+    """The epochs: the planned cycle, fitted to the budget, checked for chance, then extended while it pays."""
+    run.started = time.time()
+    epoch = run.start
+    while epoch <= run.cfg.epochs:
+        run.sampler.set_epoch(epoch)
+        for part in getattr(run.train_set, "datasets", [run.train_set]):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+        t = time.time()
+        run_epoch(run, epoch, run.started)
+        run.epoch_seconds = time.time() - t
+        if epoch == run.start:
+            fit_budget(run, epoch)
+        check_chance(run, epoch)
+        if epoch == run.cfg.epochs:
+            extend(run, epoch)
+        epoch += 1
+
+
 def describe(run: Run) -> str:
     """The run's one-line summary printed before the first epoch."""
     cfg, conv, pre = run.cfg, run.converter, run.spec.preprocess
@@ -686,7 +813,8 @@ def describe(run: Run) -> str:
             f"{conv.alphabet!r}, length {conv.length if not conv.ctc else 'any'}, input "
             f"{pre.width}x{pre.height}x{pre.channels}, {plural(cfg.epochs, 'epoch')}"
             + (f", splice {cfg.splice}" if cfg.splice and cfg.augment else "") + f", device {run.device}"
-            + (f", {run.d.world} processes" if run.d.enabled else "") + f"; writing {cfg.out}")
+            + (f", {run.d.world} processes" if run.d.enabled else "")
+            + f"; time budget {run.budget / 60:.3g} min; writing {cfg.out}")
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -734,28 +862,36 @@ def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
     torch.manual_seed(cfg.seed)
     if device.type == "cpu" and not d.enabled:
         torch.set_num_threads(cfg.threads or default_threads())
-    run = None
+    runs: list[Run] = []  # the current attempt's, for the message on Ctrl-C
     try:
-        run = setup(cfg, resume, d, device, log, extra)
-        log(describe(run))
-        t0 = time.time()
-        for epoch in range(run.start, run.cfg.epochs + 1):
-            run.sampler.set_epoch(epoch)
-            for part in getattr(run.train_set, "datasets", [run.train_set]):
-                if hasattr(part, "set_epoch"):
-                    part.set_epoch(epoch)
-            run_epoch(run, epoch, t0)
+        run = attempt(cfg, resume, d, device, log, extra, runs)
     except KeyboardInterrupt:
-        log("\ninterrupted: " + (f"best checkpoint so far is {run.cfg.out}; continue with --resume"
-                                  if run is not None and run.saved else "no epoch had finished, nothing was saved"))
+        log("\ninterrupted: " + (f"best checkpoint so far is {cfg.out}; continue with --resume"
+                                  if runs and runs[-1].saved else "no epoch had finished, nothing was saved"))
         raise
-    seconds = time.time() - t0
+    seconds = time.time() - run.started
     result = (f"best epoch {run.best.get('epoch')}: sequence accuracy {100 * run.best['sequence_accuracy']:.2f}%"
               if run.val.labels else "no validation images, saved the last epoch")
     log(f"trained {plural(run.cfg.epochs - run.start + 1, 'epoch')} in {seconds:.1f}s; {result} -> {run.cfg.out}")
     if d.main:
         finish(run)
     return TrainResult(Path(run.cfg.out), run.best, run.cfg, seconds, run.history, validation=run.val)
+
+
+def attempt(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torch.device,
+            log: Callable[..., None], extra: LabelledImages | None, runs: list[Run]) -> Run:
+    """Set up and run the schedule; a run stuck at chance starts once more, changed."""
+    runs.append(setup(cfg, resume, d, device, log, extra))
+    log(describe(runs[-1]))
+    try:
+        run_schedule(runs[-1])
+    except StuckAtChance as e:
+        log(e.message)
+        torch.manual_seed(cfg.seed)
+        runs.append(setup(e.cfg, None, d, device, log, extra, can_retry=False))
+        log(describe(runs[-1]))
+        run_schedule(runs[-1])
+    return runs[-1]
 
 
 def finish(run: Run) -> None:

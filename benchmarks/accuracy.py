@@ -93,7 +93,7 @@ def run_one(files: Sequence[Path], test: Sequence[Path], cfg: TrainConfig, workd
         note = pseudo_label_report(result, truth)
     rec = CaptchaRecognizer(out)
     s = test_score(rec, test)
-    return {**s, "seconds": seconds, "size_mb": out.stat().st_size / 1e6, "int8": int8_score(out, rec, files, test),
+    return {**s, "arch": rec.arch, "seconds": seconds, "size_mb": out.stat().st_size / 1e6, "int8": int8_score(out, rec, files, test),
             "note": note}
 
 
@@ -139,7 +139,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=HelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS),
                    help="dataset names under ../shared/data, or folders")
-    p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures")
+    p.add_argument("--archs", nargs="+", default=["auto"], choices=["auto", "cnn", "crnn"],
+                   help="architectures (auto: as training picks it, named in the table)")
     p.add_argument("--sizes", nargs="+", default=["all"], help="training set sizes ('all' or a number)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (split, init, augmentation)")
     p.add_argument("--unlabelled", action="store_true",
@@ -173,7 +174,9 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
                       f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s; "
                       f"wrong: {' '.join(runs[-1]['wrong']) or 'none'}"
                       + (f"; {runs[-1]['note']}" if runs[-1]["note"] else ""), file=sys.stderr)
-            label = f"{arch}{f' + {len(rest)} unlabelled' if args.unlabelled else ''} {args.train_args}".strip()
+            picked = "/".join(sorted({r["arch"] for r in runs}))
+            shown_arch = f"auto ({picked})" if arch == "auto" else arch
+            label = f"{shown_arch}{f' + {len(rest)} unlabelled' if args.unlabelled else ''} {args.train_args}".strip()
             rows.append((name, label, str(len(train_files)), args.seeds, summarize(runs)))
     dd = [ddddocr_scores(split_files(files, seed, None)[1], alphabet) for seed in args.seeds]
     if all(dd):

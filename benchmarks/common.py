@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from dataset import split_indices  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-DATASETS = {"percent4-digits": SHARED / "percent4-digits", "captcha-images-v2": SHARED / "captcha-images-v2"}
+DATASETS = {name: SHARED / name for name in ("percent4-digits", "captcha-images-v2", "rkn-securimage", "fssp-cyrillic")}
 
 
 def split_files(files: Sequence[Path], seed: int, n_train: int | None) -> tuple[list[Path], list[Path]]:

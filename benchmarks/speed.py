@@ -33,7 +33,7 @@ import torch
 
 from checkpoint import ModelSpec, atomic_save, checkpoint_dict
 from cli import HelpFormatter, positive_int
-from dataset import CHANNELS, MAX_HEIGHT, Preprocess, auto_size, infer_alphabet, list_images, load_images, parse_label
+from dataset import CHANNELS, Preprocess, auto_size, max_height, infer_alphabet, list_images, load_images, parse_label
 from model import ModelConfig, build_model
 from recognizer import CaptchaRecognizer, predict_files
 from synthetic import generate
@@ -147,7 +147,8 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
     dddd = time_ddddocr(files, alphabet)
     rows = []
     for arch in archs:
-        w, h = auto_size([im.size for im in images], MAX_HEIGHT[arch])
+        sizes = [im.size for im in images]
+        w, h = auto_size(sizes, max_height(arch, sizes))
         pre = Preprocess(w, h, CHANNELS[arch])
         ckpt = fresh_checkpoint(arch, alphabet, length, pre, workdir / f"{name}-{arch}.pth")
         flops = None

@@ -57,7 +57,7 @@ def fresh_ckpt(tmp_path_factory) -> Path:
 def cnn_ckpt(tmp_path_factory, digits_dir) -> Path:
     """A CNN overfitted on ``digits_dir`` (no augmentation, no validation split)."""
     out = tmp_path_factory.mktemp("cnn") / "cnn.pth"
-    train(TrainConfig(data=[str(digits_dir)], epochs=30, val_split=0, augment=False, batch_size=16, lr=3e-3,
+    train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=30, val_split=0, augment=False, batch_size=16, lr=3e-3,
                       label_smoothing=0, plot="none", out=str(out), quiet=True))
     return out
 

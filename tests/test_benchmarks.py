@@ -32,13 +32,14 @@ def has_onnx() -> bool:
 @pytest.mark.slow
 def test_accuracy_benchmark_quick(tmp_path):
     md = tmp_path / "results.md"
-    r = run_script("benchmarks/accuracy.py", "--quick", "--markdown", str(md), timeout=600)
+    r = run_script("benchmarks/accuracy.py", "--quick", "--archs", "cnn", "crnn", "auto", "--markdown", str(md),
+                   timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = table_rows(r.stdout)
     archs = [row[1] for row in rows]
-    assert "cnn" in archs and "crnn" in archs
+    assert "cnn" in archs and "crnn" in archs and any(a.startswith("auto (") for a in archs)
     for row in rows:
-        if row[1] in ("cnn", "crnn"):
+        if row[1] != "ddddocr (zero-shot)":
             assert row[2] == "48" and row[4] == "12"  # 80% of 60 images trained on, 20% untouched
             assert re.fullmatch(r"\d+\.\d\d% / \d+\.\d\d%", row[5])
             assert len(row[6].split(" / ")) == 4 and row[9].endswith(" s") and row[10].endswith(" MB")

@@ -95,7 +95,7 @@ def test_default_output_keeps_the_shipped_model_for_train_images_only(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"img_size": (8, 8)}, "--img-size: must be at least 16x16 for the cnn, got 8x8"),
+    ({"img_size": (8, 8), "arch": "cnn"}, "--img-size: must be at least 16x16 for the cnn, got 8x8"),
     ({"img_size": (64, 8), "arch": "crnn"}, "--img-size: must be at least 8x16 for the crnn"),
     ({"device": "cuda"}, "--device: cuda was asked for"),
     ({"case": "title"}, "--case: must be keep, lower or upper"),
@@ -136,7 +136,7 @@ def interrupted(digits_dir, tmp_path, monkeypatch):
     out = tmp_path / "run" / "m.pth"
     interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(data=[str(digits_dir)], epochs=3, batch_size=16, seed=4, out=str(out), plot="none",
+        train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=3, batch_size=16, seed=4, out=str(out), plot="none",
                           augment=False, quiet=True))
     monkeypatch.undo()
     return out, out.with_name("m_last.pth")
@@ -217,3 +217,19 @@ def test_column_spread_of_one_image_has_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert column_spread(torch.zeros(1, 1, 4, 6, dtype=torch.uint8)).tolist() == [0.0] * 6
+
+
+def test_arch_auto_picks_the_cnn_for_fixed_pitch_text_only():
+    from PIL import Image
+    from dataset import LabelledImages
+    from test_augment import fixed_and_moving
+    from training import choose_arch
+    fixed, moving = fixed_and_moving()  # (90, 1, 8, 60) glyph rows
+
+    def pick(arrays, labels, **cfg):
+        images = [Image.fromarray(a[0].numpy()) for a in arrays]
+        return choose_arch(LabelledImages(images, labels, []), TrainConfig(**cfg))[0]
+    assert pick(fixed, ["1234"] * 90) == "cnn"
+    assert pick(moving, ["1234"] * 90) == "crnn"
+    assert pick(fixed, ["1234"] * 89 + ["123"]) == "crnn"  # two lengths: only the crnn reads both
+    assert pick(moving, ["1234"] * 90, length=4) == "cnn"  # --length asks for the cnn

@@ -1,0 +1,77 @@
+"""How long training runs: the budget, the extension cycles and the retry of a run stuck at chance."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import schedule
+from checkpoint import load_checkpoint
+from training import TrainConfig, train
+
+
+def test_default_budget_grows_with_the_images_from_a_floor():
+    assert schedule.default_budget(100) == schedule.MIN_BUDGET
+    assert schedule.default_budget(1440) == pytest.approx(1.44 * schedule.BUDGET_PER_1000)
+
+
+def test_epochs_in_budget_shortens_only_what_would_overrun():
+    assert schedule.epochs_in_budget(20, 1, 10.0, 1000.0) == 20
+    assert schedule.epochs_in_budget(20, 1, 10.0, 55.0) == 6  # 1 done + 5 more fit
+    assert schedule.epochs_in_budget(20, 1, 10.0, 0.0) == 2  # at least one more epoch
+
+
+@pytest.mark.parametrize("scores, improving", [
+    ([0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.92, 0.95], True),  # the last quarter beats all before by one image
+    ([0.1, 0.5, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95], False),  # flat at the end
+    ([0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0], False),  # perfect: nothing left to gain
+    ([0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.91], False),  # gained less than one image of 20
+])
+def test_still_improving_needs_a_gain_of_one_validation_image(scores, improving):
+    assert schedule.still_improving(scores, 2, 1 / 20) is improving
+
+
+def test_at_chance_is_guessing_with_a_loss_that_did_not_fall():
+    flat = [{"loss": 3.50, "character_accuracy": 0.03}, {"loss": 3.49, "character_accuracy": 0.04}]
+    fell = [{"loss": 3.50, "character_accuracy": 0.03}, {"loss": 1.0, "character_accuracy": 0.04}]
+    reads = [{"loss": 3.50, "character_accuracy": 0.03}, {"loss": 3.4, "character_accuracy": 0.5}]
+    assert schedule.at_chance(flat, 33, ctc=False) and not schedule.at_chance(reads, 33, ctc=False)
+    assert not schedule.at_chance(fell, 33, ctc=False) and schedule.at_chance(fell, 33, ctc=True)
+
+
+def test_replan_keeps_the_step_and_lr_and_moves_the_end():
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([w], lr=0.01)
+    sched = schedule.one_cycle(opt, 0.01, 100)
+    for _ in range(30):
+        opt.step()
+        sched.step()
+    lr = opt.param_groups[0]["lr"]
+    longer = schedule.replan(sched, 0.01, 200)
+    assert opt.param_groups[0]["lr"] == lr and longer.last_epoch == 30 and longer.total_steps == 200
+    for _ in range(169):
+        opt.step()
+        longer.step()  # the old plan would fail past 100 steps
+    assert opt.param_groups[0]["lr"] < 1e-5  # annealed at the new end
+
+
+@pytest.mark.slow
+def test_a_run_still_improving_gets_another_cycle_within_its_budget(digits_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(schedule, "still_improving", lambda *a: calls.append(a) or len(calls) == 1)
+    result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=4, out=str(tmp_path / "m.pth"),
+                               plot="none", show_errors=0))
+    assert "validation is still improving: 2 more epochs" in capsys.readouterr().out
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6] and len(calls) == 2
+    assert load_checkpoint(tmp_path / "m.pth")["config"]["epochs"] == 6
+
+
+@pytest.mark.slow
+def test_a_cnn_stuck_at_chance_starts_again_as_a_crnn(digits_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(schedule, "at_chance", lambda *a: True)
+    result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=6, out=str(tmp_path / "m.pth"),
+                               plot="none", show_errors=0))
+    out = capsys.readouterr().out
+    assert "after 5 epochs the cnn still reads the validation images no better than guessing: starting again " \
+           "as a CRNN" in out
+    assert result.config.arch == "crnn" and out.count("no better than guessing") == 1  # once only
+    assert load_checkpoint(tmp_path / "m.pth")["model_args"]["arch"] == "crnn"
