@@ -29,6 +29,8 @@ FILE_NAME_FORBIDDEN = set('/\\:*?"<>|')
 MAX_LABEL = 100
 LEASE_S = 600.0  # how long a claimed image stays reserved for the tab that holds it
 TMP_PREFIX = ".labelling-"
+MARKED = "marked on the page"  # the reason of an image marked unreadable by hand
+SESSION_GAP_S = 300.0  # a pause this long starts a new run of labels for the labels-per-minute rate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -197,7 +199,9 @@ class Store:
             c.execute("UPDATE items SET present = 0 WHERE mode = ?", (self.mode,))
             for path in found:
                 c.execute("INSERT INTO items (mode, path, order_key) VALUES (?, ?, ?) ON CONFLICT (mode, path) "
-                          "DO UPDATE SET present = 1", (self.mode, str(Path(path).resolve()), rng.random()))
+                          "DO UPDATE SET present = 1, status = CASE WHEN status = 'unreadable' AND reason != ? "
+                          "THEN 'todo' ELSE status END",  # a file that reads now is offered again
+                          (self.mode, str(Path(path).resolve()), rng.random(), MARKED))
             for path, why in unreadable:
                 c.execute("INSERT INTO items (mode, path, status, reason) VALUES (?, ?, 'unreadable', ?) "
                           "ON CONFLICT (mode, path) DO UPDATE SET present = 1, reason = excluded.reason, "
@@ -332,8 +336,8 @@ class Store:
         """Take the image out of the queue as unreadable to a human (its file is left alone)."""
         with self._write() as c:
             self._take(c, client, item_id)
-            c.execute("UPDATE items SET status = 'unreadable', reason = 'marked on the page', claimed_by = NULL "
-                      "WHERE id = ?", (item_id,))
+            c.execute("UPDATE items SET status = 'unreadable', reason = ?, claimed_by = NULL WHERE id = ?",
+                      (MARKED, item_id))
             self._log(c, client, item_id, "unreadable")
 
     def undo(self, client: str) -> tuple[Row, str | None] | None:
@@ -405,13 +409,19 @@ class Store:
     # ------------------------------------------------------------------ what the page shows
 
     def stats(self) -> dict:
-        """Counts, labels per minute (over the latest 30) and how often the proposal was kept."""
+        """Counts, labels per minute (the latest 30 labels without a long pause) and how often the
+        proposal was kept."""
         c = self._connect()
         try:
             q = lambda sql: c.execute(sql, (self.mode,)).fetchone()[0]  # noqa: E731
             times = [r[0] for r in c.execute("SELECT labelled_at FROM items WHERE mode = ? AND status = 'labelled' "
                                              "ORDER BY labelled_at DESC LIMIT 30", (self.mode,))]
-            span = times[0] - times[-1] if len(times) > 1 else 0
+            run = times[:1]  # newest first, back to the first long pause
+            for t in times[1:]:
+                if run[-1] - t >= SESSION_GAP_S:
+                    break
+                run.append(t)
+            span = run[0] - run[-1] if len(run) > 1 else 0
             return {
                 "labelled": q("SELECT COUNT(*) FROM items WHERE mode = ? AND status = 'labelled'"),
                 "remaining": q("SELECT COUNT(*) FROM items WHERE mode = ? AND status = 'todo' AND present = 1"),
@@ -420,7 +430,7 @@ class Store:
                            "AND saved_as != path"),
                 "accepted": q("SELECT COALESCE(SUM(accepted), 0) FROM items WHERE mode = ? AND status = 'labelled'"),
                 "with_proposal": q("SELECT COUNT(accepted) FROM items WHERE mode = ? AND status = 'labelled'"),
-                "per_minute": round(60 * (len(times) - 1) / span, 1) if span > 0 else None,
+                "per_minute": round(60 * (len(run) - 1) / span, 1) if span > 0 else None,
             }
         finally:
             c.close()

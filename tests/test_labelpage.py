@@ -78,6 +78,25 @@ def test_skip_and_unreadable_through_the_api(page):
     assert rest[-1]["id"] == a["id"]  # the skipped image comes back last
 
 
+def test_review_keeps_names_with_skip_and_renames_with_a_label(tmp_path, digits_dir):
+    folder = tmp_path / "labelled"
+    shutil.copytree(digits_dir, folder)
+    a, b = list_images([folder])[:2]
+    session = Session(Settings(mode="review", out=folder))
+    session.store.add_review([{"path": a, "label": parse_label(a), "prediction": "9999", "confidence": 0.9},
+                              {"path": b, "label": parse_label(b), "prediction": "8888", "confidence": 0.5}])
+    with TestClient(create_app(session)) as page:
+        assert page.get("/api/status").json()["mode"] == "review"
+        first, second = page.post("/api/claim", json={**CLIENT, "n": 2}).json()["items"]
+        assert (first["name"], first["named"], first["proposal"]) == (a.name, parse_label(a), "9999")
+        assert page.post("/api/skip", json={**CLIENT, "id": first["id"]}).json()["message"] == f"kept {a.name}"
+        r = page.post("/api/label", json={**CLIENT, "id": second["id"], "label": "8888"})
+        assert r.json()["message"] == "saved 8888.png" and r.json()["stats"]["renamed"] == 1
+        assert a.exists() and not b.exists() and (folder / "8888.png").exists()
+        assert page.get(second["url"]).status_code == 200  # the renamed file is still shown
+        assert page.post("/api/train").status_code == 409
+
+
 def test_training_refuses_an_empty_output(page):
     r = page.post("/api/train")
     assert r.status_code == 409 and "nothing labelled" in r.json()["detail"]

@@ -233,3 +233,24 @@ def test_review_renames_in_place_keeps_right_names_and_undoes(tmp_path, digits_d
     row, old = store.undo(CLIENT)
     assert old == "9999" and files[0].exists() and not (folder / "9999.png").exists()
     assert len(list_images([folder])) == len(files)
+
+
+def test_labels_per_minute_count_from_the_latest_pause(tmp_path, raw):
+    store = make_store(tmp_path, raw)
+    items = store.todo()[:5]
+    for item in items:
+        store.label(CLIENT, item.id, "1234")
+    with store._write() as c:
+        for item, at in zip(items, [0.0, 1000.0, 1010.0, 1020.0, 1030.0]):
+            c.execute("UPDATE items SET labelled_at = ? WHERE id = ?", (at, item.id))
+    assert store.stats()["per_minute"] == 6.0  # 3 labels in 30 s after a pause; the one before it not counted
+
+
+def test_an_image_that_reads_again_is_offered_again(tmp_path, raw, digits_dir):
+    store = make_store(tmp_path, raw)
+    item = store.todo()[0]
+    store.mark_unreadable(CLIENT, item.id)
+    shutil.copy(list_images([digits_dir])[0], raw / "broken.png")  # fixed on disk
+    store.scan(list_images([raw]))
+    assert store.unreadable() == [(item.path.name, labelstore.MARKED)]  # marked by hand stays marked
+    assert "broken.png" in {r.path.name for r in store.todo()}
