@@ -138,7 +138,7 @@ def plot(curves: dict[str, dict[str, Run]], target: float, path: str) -> None:
     for col, (name, runs) in enumerate(curves.items()):
         acc, keys = axes[0][col], axes[1][col]
         for label, run, style in (("(a), (b) random order", runs["random"], "o-"),
-                                  ("(c) least confident first", runs["uncertain"], "s-")):
+                                  ("(c) least confident first", runs["uncertain"], "s--")):
             acc.plot(*zip(*[(n, 100 * a) for n, a in run.points]), style, label=label)
         acc.axhline(100 * target, color="grey", linestyle=":", label=f"{100 * target:.0f}%")
         acc.set(title=name, xlabel="captchas labelled", ylabel="test accuracy (%)")
