@@ -103,3 +103,30 @@ def test_contention_benchmark_quick(tmp_path):
         assert free > 0 and busy > 0 and abs(slow - busy / free) < 0.06
     assert_names_machine(r.stdout)
     assert "`python benchmarks/contention.py --quick`" in (tmp_path / "r.md").read_text()
+
+
+def test_the_simulated_labeller_counts_enter_or_the_text_and_enter():
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from labelling import keystrokes, reached
+    assert keystrokes("1234", "1234") == 1 and keystrokes("1235", "1234") == 5 and keystrokes(None, "b5pnn") == 6
+    assert reached([(50, 0.9), (100, 0.985), (150, 0.99)], 0.98) == "100"
+    assert reached([(50, 0.9), (100, 0.95), (150, 0.93)], 0.98) == "not reached (best 95.00% at 100)"
+
+
+@pytest.mark.slow
+def test_labelling_benchmark_quick(tmp_path):
+    md, png = tmp_path / "results.md", tmp_path / "curves.png"
+    r = run_script("benchmarks/labelling.py", "--quick", "--plot", str(png), "--markdown", str(md), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = table_rows(r.stdout)
+    assert [row[2][:3] for row in rows] == ["(a)", "(b)", "(c)"]
+    assert all(row[0] == "generated" and row[3] == "36" for row in rows)  # 80% of 60 is the pool; 36 labelled
+    assert rows[0][4] == "5.00" and rows[0][5] == "–"  # no model: every 4-digit text typed, then Enter
+    assert all(1 <= float(row[4]) <= 5 and re.fullmatch(r"\d+\.\d%", row[5]) for row in rows[1:])
+    trainings = int(re.search(r"generated: (\d+) trainings", r.stderr)[1])
+    assert 3 <= trainings <= 5  # (a)/(b) share theirs; (c) shares its first batch, random like theirs
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert_names_machine(r.stdout)
+    assert "`python benchmarks/labelling.py --quick --plot " in md.read_text()

@@ -1,0 +1,173 @@
+"""The labelling page's API (FastAPI's test client, no server process), its training progress,
+the page's trainings (slow) and the script's command line."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dataset import list_images, parse_label
+from labelpage import Session, Settings, TrainState, create_app, models_dir, read_progress, state_path
+from labelstore import Store
+
+CLIENT = {"client": "tab-a"}
+
+
+def raw_folder(tmp_path: Path, digits_dir: Path, n: int = 6) -> Path:
+    """``n`` captchas named ``img_<i>.png`` and one unreadable file."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i, f in enumerate(list_images([digits_dir])[:n]):
+        shutil.copy(f, raw / f"img_{i}.png")
+    (raw / "broken.png").write_bytes(b"")
+    return raw
+
+
+@pytest.fixture
+def page(tmp_path, digits_dir, fresh_ckpt):
+    settings = Settings(mode="label", source=raw_folder(tmp_path, digits_dir), out=tmp_path / "out",
+                        checkpoint=fresh_ckpt, alphabet="0123456789")
+    with TestClient(create_app(Session(settings))) as client:
+        yield client
+
+
+def test_the_page_is_served(page):
+    r = page.get("/")
+    assert r.status_code == 200 and 'id="label"' in r.text and "/api/claim" in r.text
+
+
+def test_status_names_the_model_and_lists_unreadable_images(page):
+    s = page.get("/api/status").json()
+    assert s["model"] == "fresh.pth" and s["model_version"] == 1
+    assert s["stats"]["remaining"] == 6 and s["unreadable"] == [{"name": "broken.png", "reason": "empty file"}]
+
+
+def test_claimed_images_carry_proposals_and_are_served_as_png(page):
+    items = page.post("/api/claim", json={**CLIENT, "n": 3}).json()["items"]
+    assert len(items) == 3 and all(len(i["proposal"]) == 4 and 0 <= i["confidence"] <= 1 for i in items)
+    assert [i["confidence"] for i in items] == sorted(i["confidence"] for i in items)
+    r = page.get(items[0]["url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+
+
+def test_labels_are_saved_refused_with_a_message_and_undone(page, tmp_path):
+    item = page.post("/api/claim", json={**CLIENT, "n": 1}).json()["items"][0]
+    r = page.post("/api/label", json={**CLIENT, "id": item["id"], "label": "12.4"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("refused: '.' cannot be in a label")
+    r = page.post("/api/label", json={**CLIENT, "id": item["id"], "label": "12a4"})
+    assert r.status_code == 422 and "alphabet" in r.json()["detail"]
+    r = page.post("/api/label", json={**CLIENT, "id": item["id"], "label": "1234", "proposal": item["proposal"]})
+    assert r.status_code == 200 and r.json()["message"] == "saved 1234.png" and r.json()["stats"]["labelled"] == 1
+    r = page.post("/api/label", json={"client": "tab-b", "id": item["id"], "label": "5678"})
+    assert r.status_code == 409
+    undone = page.post("/api/undo", json=CLIENT).json()
+    assert undone["item"]["id"] == item["id"] and undone["label"] == "1234" and undone["stats"]["labelled"] == 0
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_skip_and_unreadable_through_the_api(page):
+    a, b = page.post("/api/claim", json={**CLIENT, "n": 2}).json()["items"]
+    assert page.post("/api/skip", json={**CLIENT, "id": a["id"]}).status_code == 200
+    assert page.post("/api/unreadable", json={**CLIENT, "id": b["id"]}).status_code == 200
+    s = page.get("/api/status").json()
+    assert s["stats"]["remaining"] == 5 and {"name": b["name"], "reason": "marked on the page"} in s["unreadable"]
+    rest = page.post("/api/claim", json={**CLIENT, "n": 10}).json()["items"]
+    assert rest[-1]["id"] == a["id"]  # the skipped image comes back last
+
+
+def test_review_keeps_names_with_skip_and_renames_with_a_label(tmp_path, digits_dir):
+    folder = tmp_path / "labelled"
+    shutil.copytree(digits_dir, folder)
+    a, b = list_images([folder])[:2]
+    session = Session(Settings(mode="review", out=folder))
+    session.store.add_review([{"path": a, "label": parse_label(a), "prediction": "9999", "confidence": 0.9},
+                              {"path": b, "label": parse_label(b), "prediction": "8888", "confidence": 0.5}])
+    with TestClient(create_app(session)) as page:
+        assert page.get("/api/status").json()["mode"] == "review"
+        first, second = page.post("/api/claim", json={**CLIENT, "n": 2}).json()["items"]
+        assert (first["name"], first["named"], first["proposal"]) == (a.name, parse_label(a), "9999")
+        assert page.post("/api/skip", json={**CLIENT, "id": first["id"]}).json()["message"] == f"kept {a.name}"
+        r = page.post("/api/label", json={**CLIENT, "id": second["id"], "label": "8888"})
+        assert r.json()["message"] == "saved 8888.png" and r.json()["stats"]["renamed"] == 1
+        assert a.exists() and not b.exists() and (folder / "8888.png").exists()
+        assert page.get(second["url"]).status_code == 200  # the renamed file is still shown
+        assert page.post("/api/train").status_code == 409
+
+
+def test_training_refuses_an_empty_output(page):
+    r = page.post("/api/train")
+    assert r.status_code == 409 and "nothing labelled" in r.json()["detail"]
+
+
+def test_training_progress_is_read_from_the_training_output():
+    s = TrainState("running")
+    read_progress("cnn: 40 training / 4 validation images, ...", s)
+    read_progress("epoch 3/32 loss 1.2345 (head 1 0.3)", s)
+    read_progress("  Accuracy 1: 0.9900, Accuracy 2: 0.99 | sequence 38/40 (95.0%) | character 98.81%", s)
+    assert (s.epoch, s.epochs, s.accuracy, s.message) == (3, 32, 95.0, "epoch 3/32")
+    read_progress("error: labels of different lengths", s)
+    assert s.message == "error: labels of different lengths"
+
+
+def test_state_and_models_live_next_to_the_output(tmp_path):
+    assert state_path(tmp_path / "labelled") == tmp_path / "labelled.sqlite"
+    assert models_dir(tmp_path / "labelled") == tmp_path / "labelled.models"
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give a folder to label"),
+    (["RAW"], "--out DIR is needed"),
+    (["RAW", "--out", "RAW"], "another folder"),
+    (["RAW", "--out", "OUT", "--review", "OUT"], "give a folder to label"),
+    (["RAW", "--out", "OUT", "--checkpoint", "missing.pth"], "no such checkpoint"),
+    (["missing", "--out", "OUT"], "no such folder"),
+])
+def test_bad_command_lines_are_one_line_errors(tmp_path, argv, message, capsys):
+    from torch_model_label import parse_args
+    (tmp_path / "RAW").mkdir()
+    argv = [str(tmp_path / a) if a.isupper() or a == "missing" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_train_button_trains_on_the_output_and_reorders_the_rest(tmp_path, digits_dir, fresh_ckpt):
+    settings = Settings(mode="label", source=raw_folder(tmp_path, digits_dir, 40), out=tmp_path / "out",
+                        checkpoint=fresh_ckpt, train_args=["--epochs", "2"])
+    with TestClient(create_app(session := Session(settings))) as page:
+        truth = {f"img_{i}.png": parse_label(f) for i, f in enumerate(list_images([digits_dir])[:40])}
+        for _ in range(3):
+            for item in page.post("/api/claim", json={**CLIENT, "n": 8}).json()["items"]:
+                assert page.post("/api/label", json={**CLIENT, "id": item["id"],
+                                                     "label": truth[item["name"]]}).is_success
+        before = {r.id: r.confidence for r in session.store.todo()}
+        assert page.post("/api/train").is_success and page.post("/api/train").status_code == 409
+        deadline = time.time() + 300
+        while (t := page.get("/api/status").json())["training"]["state"] == "running" and time.time() < deadline:
+            time.sleep(1)
+        assert t["training"]["state"] == "done", t["training"]
+        assert t["model"] == "model-1.pth" and t["model_version"] == 2 and "read 16 images" in t["training"]["message"]
+    assert (models_dir(tmp_path / "out") / "model-1.pth").is_file()
+    assert "epoch 2/2" in (models_dir(tmp_path / "out") / "model-1.log").read_text()
+    after = Store(state_path(tmp_path / "out"), "label", tmp_path / "out").todo()
+    assert {r.id: r.confidence for r in after} != before  # proposals re-read by the new model
+    assert [r.confidence for r in after] == sorted(r.confidence for r in after)
+    with TestClient(create_app(Session(Settings(mode="label", source=settings.source, out=settings.out)))) as page:
+        assert page.get("/api/status").json()["model"] == "model-1.pth"  # a restart resumes with it
+
+
+@pytest.mark.slow
+def test_review_mode_cross_reads_and_queues_the_disagreements(tmp_path, digits_dir):
+    from torch_model_label import cross_read_into, parse_args
+    folder = tmp_path / "labelled"
+    shutil.copytree(digits_dir, folder)
+    args = parse_args(["--review", str(folder), "--folds", "2"])
+    session = Session(Settings(mode="review", out=folder))
+    n = cross_read_into(session, args, ["--epochs", "1"])
+    rows = session.store.todo()
+    assert len(rows) == n and all(r.named != r.proposal for r in rows)
+    assert [r.confidence for r in rows] == sorted((r.confidence for r in rows), reverse=True)
