@@ -97,7 +97,7 @@ def parse_label(path: str | os.PathLike, alphabet: str | None = None, rules: Lab
     text = re.split(r"[._]", name, maxsplit=1)[0]
     rules = rules or LabelRules()
     mapped = dict(rules.label_map)
-    if not text or not all(c.isalnum() or c in mapped for c in text):
+    if not text or (alphabet is None and not all(c.isalnum() or c in mapped for c in text)):
         return None
     label = rules.apply(text)
     return label if alphabet is None or all(c in alphabet for c in label) else None

@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                         "(default: the page's latest training, if any)")
     p.add_argument("--port", type=positive_int, default=8001, help="port on 127.0.0.1")
     p.add_argument("--alphabet", help="the characters a label may have (default: letters and digits)")
-    p.add_argument("--arch", choices=["cnn", "crnn"], default="cnn",
+    p.add_argument("--arch", choices=["auto", "cnn", "crnn"], default="auto",
                    help="model family trained from the page before there is a model, and for --review")
     p.add_argument("--folds", type=positive_int, default=5, metavar="N", help="--review: cross-reading parts")
     p.add_argument("--reread", action="store_true",
