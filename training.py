@@ -27,6 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from augment import STROKES, augment, column_spread, evenly_spaced, splice, text_span
+from calibration import TARGET_PRECISION, calibrate_run
 from checkpoint import ModelSpec, atomic_save, checkpoint_dict, load_checkpoint
 from dataset import (CHANNELS, MAX_HEIGHT, ArrayDataset, DataError, LabelConverter, LabelledImages, Preprocess,
                      auto_size, infer_alphabet, normalize, read_labelled, split_indices, to_arrays)
@@ -73,6 +74,7 @@ class TrainConfig:
     amp: str = "auto"  # CUDA mixed precision: auto, bf16, fp16, off
     show_errors: int = 10  # validation mistakes printed at the end
     plot: str = "auto"  # training-curve PNG; auto: <out>.png, none: skip
+    target_precision: float = TARGET_PRECISION  # accept threshold: validation answers at least this right
     quiet: bool = False  # no progress bars or per-epoch lines
 
 
@@ -573,12 +575,13 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def finish(run: Run) -> None:
-    """Show the best model's validation mistakes, plot the curves, drop the resume file."""
+    """Calibrate the best checkpoint, show its validation mistakes, plot the curves, drop the resume file."""
     cfg = run.cfg
     if run.best_state is not None:
         run.raw_model.load_state_dict(run.best_state)
+    temperature = calibrate_run(cfg.out, run.val.arrays, run.val.labels, cfg.target_precision, run.log)
     if run.val.labels:
-        preds, confs = evaluate(run.raw_model, run.converter, run.val.arrays, run.device)
+        preds, confs = evaluate(run.raw_model, run.converter, run.val.arrays, run.device, temperature=temperature)
         run.log("validation mistakes of the best model:")
         run.log(mistakes_table([f"val #{i}" for i in range(len(run.val.labels))], run.val.labels, preds, confs,
                                cfg.show_errors))
