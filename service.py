@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import gc
 import hmac
 import json
 import logging
@@ -32,17 +33,17 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.datastructures import UploadFile
 
 from checkpoint import CheckpointError
 from dataset import ImageTooLarge
@@ -51,6 +52,7 @@ from recognizer import CaptchaRecognizer, Prediction
 log = logging.getLogger("captcha.serve")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONFIG_ENV = "CAPTCHA_SERVE_CONFIG"  # how ``--workers N`` hands the configuration to each worker process
+INLINE_BYTES = 65536  # requests this small are decoded on the event loop: a thread hop costs more
 PUBLIC_PATHS = {"/healthz", "/readyz"}  # answered without the API key
 METRIC_PATHS = {"/v1/recognize", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
 
@@ -281,7 +283,8 @@ class Batcher:
     async def gather(self, first: Job) -> tuple[list[Job], Job | None]:
         """``first`` and the jobs that join its pass; the job that could not join, if any."""
         loop = asyncio.get_running_loop()
-        jobs, n, deadline = [first], len(first.arrays), loop.time() + self.max_wait
+        wait = self.max_wait if self.running else 0.0  # an idle model runs a lone request at once
+        jobs, n, deadline = [first], len(first.arrays), loop.time() + wait
         while n < self.max_batch:
             try:
                 job = self.queue.get_nowait()
@@ -379,23 +382,42 @@ def b64_image(text: str, index: int) -> bytes:
         raise RequestError(400, f"image {index + 1} is not valid base64") from None
 
 
-async def parse_multipart(request: Request, body: bytes, max_images: int) -> tuple[list[bytes], str | None]:
-    """Images (every file part, in order) and the ``model`` field of a multipart request."""
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-    parser = MultiPartParser(request.headers, stream(), max_files=max_images, max_fields=16)
+def parse_multipart(content_type: str, body: bytes, max_images: int) -> tuple[list[bytes], str | None]:
+    """Images (every file part, in order) and the ``model`` field of a multipart body, parsed in
+    memory with python-multipart (the body is already within ``--max-bytes``)."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise RequestError(400, "malformed multipart body: no boundary in its Content-Type")
+    parts: list[tuple[dict[bytes, bytes], bytes]] = []
+    cur: dict[str, Any] = {}
+
+    def header_end() -> None:
+        cur["headers"][cur["field"].lower()] = cur["value"]
+        cur["field"] = cur["value"] = b""
+    callbacks = {
+        "on_part_begin": lambda: cur.update(headers={}, data=[], field=b"", value=b""),
+        "on_header_field": lambda data, a, b: cur.update(field=cur["field"] + data[a:b]),
+        "on_header_value": lambda data, a, b: cur.update(value=cur["value"] + data[a:b]),
+        "on_header_end": header_end,
+        "on_part_data": lambda data, a, b: cur["data"].append(data[a:b]),
+        "on_part_end": lambda: parts.append((cur["headers"], b"".join(cur["data"]))),
+    }
     try:
-        form = await parser.parse()
-    except MultiPartException as e:
-        if "Too many files" in e.message:
-            raise too_many(max_images) from None
-        raise RequestError(400, f"malformed multipart body: {e.message}") from None
-    try:
-        images = [await v.read() for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        model = form.get("model")
-        return images, model if isinstance(model, str) else None
-    finally:
-        await form.close()
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as e:
+        raise RequestError(400, f"malformed multipart body: {str(e)[:80]}") from None
+    images, model = [], None
+    for headers, data in parts:
+        _, options = parse_options_header(headers.get(b"content-disposition", b""))
+        if b"filename" in options:
+            images.append(data)
+        elif options.get(b"name") == b"model":
+            model = data.decode("utf-8", "replace")
+        if len(images) > max_images:
+            raise too_many(max_images)
+    return images, model
 
 
 def too_many(limit: int) -> RequestError:
@@ -411,7 +433,7 @@ async def request_images(request: Request, cfg: ServeConfig) -> tuple[list[bytes
     if kind == "application/json":
         images, model = parse_json(body)
     elif kind == "multipart/form-data":
-        images, model = await parse_multipart(request, body, cfg.max_images)
+        images, model = parse_multipart(request.headers["content-type"], body, cfg.max_images)
     else:
         raise RequestError(415, f"unsupported content type {kind or 'none'!r}: send multipart/form-data "
                                 "or application/json")
@@ -527,6 +549,7 @@ class Service:
                                           self.metrics.batch_observer(name), passes)
             self.batchers[name].start()
         self.watcher = asyncio.get_running_loop().create_task(self.watch())
+        gc.freeze()  # torch, the models and the framework: never scanned again by the collector
         self.ready = True
         log.info("serving %s", ", ".join(f"{n} ({m.path})" for n, m in self.registry.models.items()))
 
@@ -549,19 +572,23 @@ class Service:
                 if m.error is not None and m.error != errors[name]:
                     self.metrics.reloads.labels(name, "failed").inc()
 
-    async def recognize(self, request: Request) -> RecognizeResponse:
+    async def recognize(self, request: Request) -> JSONResponse:
+        """A ``RecognizeResponse``, written as JSON directly (validating our own answer per request costs time)."""
         t0 = time.perf_counter()
         images, name = await request_images(request, self.cfg)
         model = self.registry.get(name)
         rec = model.recognizer
-        arrays = await asyncio.to_thread(prepare_all, rec, images, self.cfg.max_pixels)
+        if sum(map(len, images)) <= INLINE_BYTES:
+            arrays = prepare_all(rec, images, self.cfg.max_pixels)
+        else:
+            arrays = await asyncio.to_thread(prepare_all, rec, images, self.cfg.max_pixels)
         t1 = time.perf_counter()
         done = await self.batchers[model.name].submit(arrays, rec)
-        readings = [Reading(text=p.text, confidence=p.confidence, accept=p.accept, model=model.name)
+        readings = [{"text": p.text, "confidence": p.confidence, "accept": p.accept, "model": model.name}
                     for p in done.predictions]
-        timing = Timing(decode_ms=1000 * (t1 - t0), queue_ms=done.queue_ms, model_ms=done.model_ms,
-                        total_ms=1000 * (time.perf_counter() - t0), batch_images=done.batch_images)
-        return RecognizeResponse(results=readings, timing=timing)
+        timing = {"decode_ms": 1000 * (t1 - t0), "queue_ms": done.queue_ms, "model_ms": done.model_ms,
+                  "total_ms": 1000 * (time.perf_counter() - t0), "batch_images": done.batch_images}
+        return JSONResponse({"results": readings, "timing": timing})
 
 
 RECOGNIZE_BODY = {"requestBody": {"required": True, "content": {
@@ -599,7 +626,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return JSONResponse({"error": f"internal error: {str(e)[:200] or type(e).__name__}"}, 500)
 
     @app.post("/v1/recognize", response_model=RecognizeResponse, responses=ERRORS, openapi_extra=RECOGNIZE_BODY)
-    async def recognize(request: Request) -> RecognizeResponse:
+    async def recognize(request: Request) -> JSONResponse:
         """Read one or more images (multipart files, or JSON with base64)."""
         return await service.recognize(request)
 
