@@ -26,6 +26,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -232,6 +233,12 @@ class Registry:
 
 # -------------------------------------------------------------------------- batching
 
+def batch_sizes(max_batch: int) -> list[int]:
+    """The sizes a forward pass is padded to (1, 2, 4, then multiples of 8, and ``max_batch``): the
+    CPU kernels keep buffers per input shape, and 64 shapes per thread grew the server by 300 MB."""
+    return sorted({s for s in (1, 2, 4) if s < max_batch} | set(range(8, max_batch, 8)) | {max_batch})
+
+
 @dataclass
 class Job:
     """One request's images, waiting for a forward pass."""
@@ -261,6 +268,7 @@ class Batcher:
         self.max_batch, self.max_wait, self.on_batch = max_batch, max_wait, on_batch
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.free = asyncio.Semaphore(passes)
+        self.passes, self.sizes = passes, batch_sizes(max_batch)
         self.executor = ThreadPoolExecutor(passes, thread_name_prefix="forward", initializer=torch.set_num_threads,
                                            initargs=(1,))
         self.task: asyncio.Task | None = None
@@ -274,6 +282,19 @@ class Batcher:
             self.task.cancel()
             await asyncio.gather(self.task, *self.running, return_exceptions=True)
         self.executor.shutdown(wait=True)
+
+    async def warm(self, rec: CaptchaRecognizer) -> None:
+        """Run every padded batch size once on each forward thread, so that the kernels' buffers
+        for each shape are allocated now rather than over the first minutes of traffic."""
+        pre = rec.spec
+        barrier = threading.Barrier(self.passes)  # each thread takes exactly one of the calls
+
+        def run() -> None:
+            barrier.wait()
+            for size in self.sizes:
+                rec.predict_arrays(torch.zeros(size, pre.channels, pre.height, pre.width, dtype=torch.uint8))
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self.executor, run) for _ in range(self.passes)))
 
     async def submit(self, arrays: list[np.ndarray], rec: CaptchaRecognizer) -> BatchResult:
         job = Job(arrays, rec, asyncio.get_running_loop().create_future())
@@ -320,7 +341,10 @@ class Batcher:
     async def execute(self, jobs: list[Job]) -> None:
         """One forward pass for ``jobs``; each future gets its own slice of the answers."""
         rec = jobs[0].recognizer
-        batch = torch.from_numpy(np.stack([a for j in jobs for a in j.arrays]))  # (N, C, H, W) uint8
+        arrays = [a for j in jobs for a in j.arrays]
+        n = len(arrays)
+        pad = next((size for size in self.sizes if size >= n), n) - n
+        batch = torch.from_numpy(np.stack(arrays + [np.zeros_like(arrays[0])] * pad))  # (N + pad, C, H, W) uint8
         start = time.perf_counter()
         try:
             readings = await asyncio.get_running_loop().run_in_executor(self.executor, rec.predict_arrays, batch)
@@ -331,13 +355,13 @@ class Batcher:
                     j.future.set_exception(RuntimeError(f"forward pass failed: {type(e).__name__}"))
             return
         model_ms = 1000 * (time.perf_counter() - start)
-        self.on_batch(len(batch))
+        self.on_batch(n)
         i = 0
         for j in jobs:
             mine = [Prediction(t, c, rec.accepts(c)) for t, c in readings[i:i + len(j.arrays)]]
             i += len(j.arrays)
             if not j.future.done():  # not if the client went away
-                j.future.set_result(BatchResult(mine, 1000 * (start - j.queued), model_ms, len(batch)))
+                j.future.set_result(BatchResult(mine, 1000 * (start - j.queued), model_ms, n))
 
 
 # ------------------------------------------------------------------------ the inputs
@@ -547,6 +571,7 @@ class Service:
         for name in self.registry.models:
             self.batchers[name] = Batcher(self.cfg.max_batch, self.cfg.max_wait_ms / 1000,
                                           self.metrics.batch_observer(name), passes)
+            await self.batchers[name].warm(self.registry.models[name].recognizer)
             self.batchers[name].start()
         self.watcher = asyncio.get_running_loop().create_task(self.watch())
         gc.freeze()  # torch, the models and the framework: never scanned again by the collector
