@@ -224,7 +224,7 @@ def targets(rows: list[dict[str, Any]], soaked: Run | None, samples: list[tuple[
                 continue
             if r["clients"] == 64 and base:
                 share = r["img_s"] / base
-                out.append(f"- {ds}, 64 clients: {100 * share:.0f}% of in-process throughput (target >= 50%: "
+                out.append(f"- {ds}, 64 clients: {100 * share:.1f}% of in-process throughput (target >= 50%: "
                            f"{'met' if share >= 0.5 else 'missed'})")
             if r["clients"] == 8:
                 out.append(f"- {ds}, 8 clients: p99 {r['p99']:.1f} ms (target < 50 ms: "
