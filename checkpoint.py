@@ -2,9 +2,9 @@
 
 A checkpoint is one dict saved with ``torch.save``: the unwrapped model's ``state_dict`` under
 ``model``, the ``ModelConfig`` fields under ``model_args``, and what reading needs besides the
-weights (alphabet, label length, preprocessing), which ``ModelSpec`` carries. An ONNX export
-stores the same ``ModelSpec`` as JSON in its metadata entry ``captcha``, so a ``.pth`` and an
-``.onnx`` file rebuild the same converter and preprocessing.
+weights (alphabet, label length, preprocessing, calibration), which ``ModelSpec`` carries. An
+ONNX export stores the same ``ModelSpec`` as JSON in its metadata entry ``captcha``, so a
+``.pth`` and an ``.onnx`` file rebuild the same converter, preprocessing and confidence.
 """
 from __future__ import annotations
 
@@ -40,12 +40,16 @@ class OutputBusy(RuntimeError):
 
 @dataclass
 class ModelSpec:
-    """Everything a trained model needs besides its weights to read an image."""
+    """Everything a trained model needs besides its weights to read an image, and to say how
+    far to trust the reading: the calibration temperature (``calibration.py``; 1 = raw
+    softmax) and the accept threshold (None: not calibrated, every answer is accepted)."""
     arch: str
     alphabet: str
     label_length: int | None
     preprocess: Preprocess
     rules: LabelRules = LabelRules()  # how file names become labels (case, label map)
+    temperature: float = 1.0
+    threshold: float | None = None
 
     @property
     def converter(self) -> LabelConverter:
@@ -54,13 +58,15 @@ class ModelSpec:
     def to_meta(self) -> dict[str, Any]:
         """The JSON-able form (the ONNX metadata entry)."""
         return {"arch": self.arch, "alphabet": self.alphabet, "label_length": self.label_length,
-                "preprocess": asdict(self.preprocess), **self.rules.as_dict()}
+                "preprocess": asdict(self.preprocess), **self.rules.as_dict(), "temperature": self.temperature,
+                "threshold": self.threshold}
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> ModelSpec:
-        """From ``to_meta``'s form; fields added later take their defaults when absent."""
+        """From ``to_meta``'s form; fields added later take their defaults when absent (files written
+        before calibration existed get temperature 1 and no threshold)."""
         return cls(meta["arch"], meta["alphabet"], meta["label_length"], Preprocess(**meta["preprocess"]),
-                   LabelRules.from_dict(meta))
+                   LabelRules.from_dict(meta), float(meta.get("temperature", 1.0)), meta.get("threshold"))
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> ModelSpec:

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 from augment import STROKES
 from dataset import CASES
 from schedule import BUDGET_PER_1000, MIN_BUDGET
+from calibration import TARGET_PRECISION
 from training import DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
 
 
@@ -39,6 +40,7 @@ positive_float = _number(float, lambda v: v > 0, "a number > 0")
 non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+open_probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -126,6 +128,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-errors", type=non_negative_int, default=10, metavar="N",
                    help="validation mistakes shown at the end")
     p.add_argument("--plot", default="auto", metavar="PNG", help="training-curve PNG (auto: <out>.png; 'none' to skip)")
+    p.add_argument("--target-precision", type=open_probability, default=TARGET_PRECISION, metavar="P",
+                   help="accept threshold stored in the checkpoint: the lowest calibrated confidence at which "
+                        "validation answers are at least P right")
     return p
 
 

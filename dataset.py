@@ -43,6 +43,8 @@ def plural(n: int, word: str) -> str:
 def shown(path: str | os.PathLike) -> str:
     """A path as text that prints on any console: bytes that are not UTF-8 become ``\\xNN``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+class ImageTooLarge(ValueError):
+    """An encoded image whose header declares more pixels than allowed (``open_image``'s ``max_pixels``)."""
 
 
 # ---------------------------------------------------------------------------- labels
@@ -147,16 +149,25 @@ class LabelConverter:
             return torch.tensor(flat, dtype=torch.long), lengths
         return torch.tensor([[self.index[c] for c in s] for s in labels], dtype=torch.long), lengths
 
-    def decode(self, logits: torch.Tensor) -> tuple[list[str], list[float]]:
+    @staticmethod
+    def log_confidence(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Log of the confidence ``(B,)``: the sum over positions (CTC: time steps, blanks
+        included) of the log-probability of the chosen class, with logits divided by
+        ``temperature`` (the checkpoint's calibration; 1 = raw softmax). Float64 logits are
+        computed in float64 (calibration), others in float32."""
+        x = logits if logits.dtype == torch.float64 else logits.float()
+        log_p = (x / temperature).log_softmax(-1)  # (B, T|P, K)
+        return log_p.max(-1).values.sum(-1)  # (B,)
+
+    def decode(self, logits: torch.Tensor, temperature: float = 1.0) -> tuple[list[str], list[float]]:
         """Texts and confidences from logits: CNN ``(B, P, K)``, CRNN ``(B, T, K + 1)``.
 
-        Confidence is the product of the chosen classes' probabilities (for CTC, over
-        all time steps, blanks included). CTC decoding is greedy: collapse repeats,
-        then drop blanks.
+        Confidence is the product of the chosen classes' probabilities at ``temperature``
+        (``log_confidence``); the temperature changes the confidence, never the text. CTC
+        decoding is greedy: collapse repeats, then drop blanks.
         """
-        probs = logits.float().softmax(-1)  # (B, T|P, K)
-        best_p, best = probs.max(-1)  # (B, T|P)
-        conf = best_p.prod(-1).tolist()
+        best = logits.argmax(-1)  # (B, T|P)
+        conf = self.log_confidence(logits, temperature).exp().tolist()
         chars = self.alphabet
         texts = []
         for row in best.tolist():
@@ -237,10 +248,12 @@ def to_8bit(values: np.ndarray, top: int) -> np.ndarray:
     return np.clip(values * scale, 0, 255).round().astype(np.uint8)
 
 
-def open_image(src: ImageInput) -> Image.Image:
+def open_image(src: ImageInput, max_pixels: int | None = None) -> Image.Image:
     """A fully decoded PIL image from a path, bytes, PIL image or array.
 
-    Raises ``OSError`` / ``ValueError`` for empty, truncated or non-image input.
+    Raises ``OSError`` / ``ValueError`` for empty, truncated or non-image input, and
+    ``ImageTooLarge`` for an encoded image of more than ``max_pixels`` pixels, checked on its
+    header before any pixel is decoded (decompression bombs).
     """
     if isinstance(src, Image.Image):
         return src
@@ -249,6 +262,8 @@ def open_image(src: ImageInput) -> Image.Image:
     if isinstance(src, (bytes, bytearray)):
         src = io.BytesIO(src)
     img = Image.open(src)
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        raise ImageTooLarge(f"{img.width}x{img.height} pixels is over the limit of {max_pixels} pixels")
     img.load()  # decode now, so truncated files fail here
     return img
 

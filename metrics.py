@@ -77,21 +77,24 @@ def mistakes_table(names: Sequence[str], labels: Sequence[str], preds: Sequence[
 
 def build_report(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The prediction report: files (paths as text that any JSON reader takes) plus a summary
-    (accuracies only over labelled files)."""
-    summary: dict[str, Any] = {"n": len(results)}
+    (accuracies only over labelled files; ``accepted`` counts the readings at or above the accept
+    threshold, ``accepted_accuracy`` is their accuracy)."""
+    summary: dict[str, Any] = {"n": len(results), "accepted": sum(r["accept"] for r in results)}
     labelled = [r for r in results if r["label"] is not None]
     if labelled:
         s = score([r["prediction"] for r in labelled], [r["label"] for r in labelled])
         summary.update({k: s[k] for k in ("sequence_accuracy", "character_accuracy", "position_accuracy")})
         summary.update(labelled=s["n"], characters=s["characters"], characters_wrong=s["characters_wrong"])
+        kept = [r["correct"] for r in labelled if r["accept"]]
+        summary["accepted_accuracy"] = sum(kept) / len(kept) if kept else None
     return {"files": [{**r, "path": shown(r["path"])} for r in results], "summary": summary}
 
 
-CSV_COLUMNS = ("path", "prediction", "confidence", "label", "correct")
+CSV_COLUMNS = ("path", "prediction", "confidence", "accept", "label", "correct")
 
 
 def write_csv(results: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """One row per reading: path, prediction, confidence, label, correct (written atomically)."""
+    """One row per reading: path, prediction, confidence, accept, label, correct (written atomically)."""
     import csv
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -105,16 +108,22 @@ def write_csv(results: list[dict[str, Any]], path: str | os.PathLike) -> None:
 def format_results(results: list[dict[str, Any]]) -> str:
     """One line per image, then the accuracy report when file names are labels."""
     w = max(len(shown(r["path"])) for r in results)
-    lines = [f"{'file':<{w}}  {'prediction':<10} confidence"]
+    lines = [f"{'file':<{w}}  {'prediction':<10} confidence accept"]
     for r in results:
         mark = "" if r["correct"] is None else ("  ok" if r["correct"] else f"  WRONG (label {r['label']})")
-        lines.append(f"{shown(r['path']):<{w}}  {r['prediction']:<10} {r['confidence']:>10.4f}{mark}")
+        accept = "yes" if r["accept"] else "no"
+        lines.append(f"{shown(r['path']):<{w}}  {r['prediction']:<10} {r['confidence']:>10.4f} {accept:<6}{mark}")
+    accepted = [r for r in results if r["accept"]]
+    lines.append(f"\naccepted {len(accepted)} of {len(results)} readings")
     labelled = [r for r in results if r["label"] is not None]
     if labelled:
         preds, labels = [r["prediction"] for r in labelled], [r["label"] for r in labelled]
         s = score(preds, labels)
-        lines += [f"\n{len(labelled)} of {len(results)} file names are labels:", format_scores(s),
+        kept = [r["correct"] for r in labelled if r["accept"]]
+        lines += [f"{len(labelled)} of {len(results)} file names are labels:", format_scores(s),
                   f"{s['characters_wrong']} of {s['characters']} characters wrong"]
+        if kept:
+            lines.append(f"accepted and labelled: {sum(kept)} of {len(kept)} right ({100 * sum(kept) / len(kept):.1f}%)")
         pairs = confused_pairs(preds, labels)
         if pairs:
             lines.append("most confused (truth -> predicted): " + ", ".join(f"{a}->{b} x{n}" for a, b, n in pairs))

@@ -4,23 +4,30 @@
     r = CaptchaRecognizer("captcha_recognize.pth")      # or an exported .onnx file
     text, confidence = r.predict("new_images/3568.png")  # path, bytes, PIL image or array
     results = r.predict_batch([...])
+    p = r.predict_details(image)                         # Prediction(text, confidence, accept)
 
 ``infer`` is the loop that validation during training, prediction, the benchmarks and the
 ONNX export's verification all run: normalize a batch of uint8 images, get logits, decode.
+Confidences are calibrated by the checkpoint's temperature; ``accept`` compares them with its
+threshold (or ``min_confidence``).
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 
 import torch
 
 from checkpoint import ModelSpec, build_from_checkpoint, load_checkpoint, load_onnx
-from dataset import ImageInput, LabelConverter, decode_files, normalize, open_image, parse_label, to_arrays, warn_skipped
+from dataset import (ImageInput, LabelConverter, decode_files, image_to_array, normalize, open_image, parse_label,
+                     to_arrays, warn_skipped)
 
 CPU_CHUNK = 64  # images per worker task on the CPU
 T, R = TypeVar("T"), TypeVar("R")
@@ -37,36 +44,49 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One reading: the text, its calibrated confidence, and whether it clears the accept threshold."""
+    text: str
+    confidence: float
+    accept: bool
+
+
+def all_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], arrays: torch.Tensor,
+               batch_size: int = 256) -> torch.Tensor:
+    """Logits for uint8 images ``(N, C, H, W)`` at the model's input size, ``batch_size`` at a time."""
+    parts = [logits_fn(normalize(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0)  # (N, T|P, K)
+
+
 def infer(logits_fn: Callable[[torch.Tensor], torch.Tensor], converter: LabelConverter, arrays: torch.Tensor,
-          batch_size: int = 256) -> tuple[list[str], list[float]]:
-    """Texts and confidences for uint8 images ``(N, C, H, W)`` already at the model's input size."""
-    texts: list[str] = []
-    confs: list[float] = []
-    for i in range(0, len(arrays), batch_size):
-        t, c = converter.decode(logits_fn(normalize(arrays[i:i + batch_size])))  # (B, C, H, W) -> logits
-        texts += t
-        confs += c
-    return texts, confs
+          batch_size: int = 256, temperature: float = 1.0) -> tuple[list[str], list[float]]:
+    """Texts and confidences (at ``temperature``) for uint8 images ``(N, C, H, W)`` at the input size."""
+    if not len(arrays):
+        return [], []
+    return converter.decode(all_logits(logits_fn, arrays, batch_size), temperature)
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, converter: LabelConverter, arrays: torch.Tensor,
-             device: torch.device | str = "cpu", batch_size: int = 256) -> tuple[list[str], list[float]]:
+             device: torch.device | str = "cpu", batch_size: int = 256,
+             temperature: float = 1.0) -> tuple[list[str], list[float]]:
     """``infer`` with a PyTorch model in eval mode (its training mode is restored after)."""
     was_training = model.training
     model.eval()
     try:
-        return infer(lambda x: model(x.to(device)), converter, arrays, batch_size)
+        return infer(lambda x: model(x.to(device)), converter, arrays, batch_size, temperature)
     finally:
         model.train(was_training)
 
 
 class CaptchaRecognizer:
     """A trained model ready to read captchas: ``.pth`` checkpoints (PyTorch) or ``.onnx``
-    exports (onnxruntime). Preprocessing and decoding are the training ones."""
+    exports (onnxruntime). Preprocessing and decoding are the training ones. ``min_confidence``
+    overrides the checkpoint's accept threshold."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256,
-                 workers: int | None = None):
+                 workers: int | None = None, min_confidence: float | None = None):
         self.path, self.batch_size = Path(path), batch_size
         self.device = pick_device(device)
         self.workers = workers or torch.get_num_threads()
@@ -80,6 +100,12 @@ class CaptchaRecognizer:
         self.converter = self.model_spec.converter
         self.spec = self.model_spec.preprocess
         self.arch = self.model_spec.arch
+        self.temperature = self.model_spec.temperature
+        self.threshold = self.model_spec.threshold if min_confidence is None else min_confidence
+
+    def accepts(self, confidence: float) -> bool:
+        """Whether a reading of this confidence is to be trusted (always, without a threshold)."""
+        return self.threshold is None or confidence >= self.threshold
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Model logits for a normalized batch ``(B, C, H, W)``."""
@@ -90,7 +116,11 @@ class CaptchaRecognizer:
 
     def predict_arrays(self, arrays: torch.Tensor) -> list[tuple[str, float]]:
         """Texts and confidences for uint8 images ``(N, C, H, W)`` already at the input size."""
-        return list(zip(*infer(self.logits, self.converter, arrays, self.batch_size)))
+        return list(zip(*infer(self.logits, self.converter, arrays, self.batch_size, self.temperature)))
+
+    def prepare(self, image: ImageInput, max_pixels: int | None = None) -> np.ndarray:
+        """One image as the model's uint8 input ``(C, H, W)``; see ``dataset.open_image`` for ``max_pixels``."""
+        return image_to_array(open_image(image, max_pixels), self.spec)
 
     def map_chunks(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
         """``fn`` on consecutive chunks of ``items``, in order, run by ``self.workers`` threads.
@@ -127,6 +157,14 @@ class CaptchaRecognizer:
         """Read one image: ``(text, confidence)``."""
         return self.predict_batch([image])[0]
 
+    def predict_batch_details(self, images: Sequence[ImageInput]) -> list[Prediction]:
+        """``predict_batch`` with ``accept``: ``[Prediction(text, confidence, accept), ...]``."""
+        return [Prediction(t, c, self.accepts(c)) for t, c in self.predict_batch(images)]
+
+    def predict_details(self, image: ImageInput) -> Prediction:
+        """Read one image: ``Prediction(text, confidence, accept)``."""
+        return self.predict_batch_details([image])[0]
+
     def label_of(self, path: str | os.PathLike) -> str | None:
         """The label in a file name, if it is one this model could read."""
         label = parse_label(path, self.converter.alphabet, self.model_spec.rules)
@@ -135,7 +173,7 @@ class CaptchaRecognizer:
 
 def predict_files(rec: CaptchaRecognizer, files: Sequence[Path]) -> list[dict[str, Any]]:
     """One result dict per readable file (unreadable ones are skipped with one warning):
-    ``path``, ``prediction``, ``confidence``, and ``label`` / ``correct`` when the name is a label."""
+    ``path``, ``prediction``, ``confidence``, ``accept``, and ``label`` / ``correct`` when the name is a label."""
     def run(part: Sequence[Path]) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
         images, ok, bad = decode_files(part)
         if not images:
@@ -144,7 +182,7 @@ def predict_files(rec: CaptchaRecognizer, files: Sequence[Path]) -> list[dict[st
         for path, (text, conf) in zip(ok, rec.predict_arrays(to_arrays(images, rec.spec))):
             label = rec.label_of(path)
             results.append({"path": str(path), "prediction": text, "confidence": round(conf, 6),
-                            "label": label, "correct": None if label is None else text == label})
+                            "accept": rec.accepts(conf), "label": label, "correct": None if label is None else text == label})
         return results, bad
     chunks = rec.map_chunks(run, files)
     warn_skipped([b for _, bad in chunks for b in bad])

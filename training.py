@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import schedule
 from augment import STROKES, augment, column_spread, evenly_spaced, splice, text_span
+from calibration import TARGET_PRECISION, calibrate_run
 from checkpoint import (CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
                         remove_stale_temporaries)
 from dataset import (CHANNELS, IMAGE_EXTS, ArrayDataset, DataError, LabelConverter, LabelledImages, LabelRules,
@@ -85,6 +86,7 @@ class TrainConfig:
     amp: str = "auto"  # CUDA mixed precision: auto, bf16, fp16, off
     show_errors: int = 10  # validation mistakes printed at the end
     plot: str = "auto"  # training-curve PNG; auto: <out>.png, none: skip
+    target_precision: float = TARGET_PRECISION  # accept threshold: validation answers at least this right
     quiet: bool = False  # no progress bars or per-epoch lines
 
 
@@ -895,12 +897,13 @@ def attempt(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: to
 
 
 def finish(run: Run) -> None:
-    """Show the best model's validation mistakes, plot the curves, drop the resume file."""
+    """Calibrate the best checkpoint, show its validation mistakes, plot the curves, drop the resume file."""
     cfg = run.cfg
     if run.best_state is not None:
         run.raw_model.load_state_dict(run.best_state)
+    temperature = calibrate_run(cfg.out, run.val.arrays, run.val.labels, cfg.target_precision, run.log)
     if run.val.labels:
-        preds, confs = evaluate(run.raw_model, run.converter, run.val.arrays, run.device)
+        preds, confs = evaluate(run.raw_model, run.converter, run.val.arrays, run.device, temperature=temperature)
         wrong = sum(p != t for p, t in zip(preds, run.val.labels))
         if not wrong or cfg.show_errors == 0:
             run.log(f"validation mistakes of the best model: {wrong}"

@@ -13,8 +13,11 @@ touches; the training images (all, or the first N of a seeded shuffle) are train
 default flags, which hold out their own 10% for picking the best epoch. The table gives
 whole-captcha accuracy mean and worst over seeds, per-position and character accuracy (means),
 the mean accuracy of the int8 ONNX export (calibrated on the training images; needs onnx and
-onnxruntime), training wall time and model size. If ddddocr is installed, its zero-shot reading
-of the same test splits is added, restricted to the dataset's alphabet.
+onnxruntime), training wall time and model size, and the confidence calibration on the test
+split: expected calibration error at temperature 1 and at the temperature training stored, and
+at the stored accept threshold the share of test captchas accepted and the accuracy on those.
+If ddddocr is installed, its zero-shot reading of the same test splits is added, restricted to
+the dataset's alphabet.
 """
 from __future__ import annotations
 
@@ -31,10 +34,11 @@ from typing import Any, Sequence
 
 from common import DATASETS, machine, publish, split_files
 
+from calibration import held_out_report
 from cli import HelpFormatter, train_config
-from dataset import infer_alphabet, list_images, parse_label
+from dataset import infer_alphabet, list_images, load_images, parse_label, to_arrays
 from metrics import score
-from recognizer import CaptchaRecognizer, predict_files
+from recognizer import CaptchaRecognizer, all_logits, predict_files
 from synthetic import generate
 from training import TrainConfig, TrainResult, train
 
@@ -56,6 +60,16 @@ def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], 
     except ImportError:
         return None
     return test_score(CaptchaRecognizer(int8), test)["sequence_accuracy"]
+
+
+def calibration_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
+    """``held_out_report`` on ``test``: ECE before (temperature 1) and after (the stored temperature),
+    share accepted at the stored threshold and accuracy on those."""
+    images, ok = load_images(test)
+    logits = all_logits(rec.logits, to_arrays(images, rec.spec), rec.batch_size)  # (N, T|P, K)
+    texts, raw = rec.converter.decode(logits)
+    _, calibrated = rec.converter.decode(logits, rec.temperature)
+    return held_out_report(raw, calibrated, [t == parse_label(f) for t, f in zip(texts, ok)], rec.threshold)
 
 
 def hide_names(files: Sequence[Path], folder: Path) -> dict[str, str]:
@@ -93,8 +107,8 @@ def run_one(files: Sequence[Path], test: Sequence[Path], cfg: TrainConfig, workd
         note = pseudo_label_report(result, truth)
     rec = CaptchaRecognizer(out)
     s = test_score(rec, test)
-    return {**s, "arch": rec.arch, "seconds": seconds, "size_mb": out.stat().st_size / 1e6, "int8": int8_score(out, rec, files, test),
-            "note": note}
+    return {**s, "arch": rec.arch, "seconds": seconds, "size_mb": out.stat().st_size / 1e6,
+            "int8": int8_score(out, rec, files, test), "note": note, **calibration_score(rec, test)}
 
 
 def ddddocr_scores(test: Sequence[Path], alphabet: str) -> dict[str, Any] | None:
@@ -116,21 +130,36 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "seconds": statistics.mean(r.get("seconds", 0) for r in runs),
             "size_mb": runs[0].get("size_mb"), "test": runs[0]["n"],
             "int8": statistics.mean(r["int8"] for r in runs) if all(r.get("int8") is not None for r in runs)
-            else None}
+            else None, **{k: mean_of(runs, k) for k in CALIBRATION_KEYS}}
+
+
+CALIBRATION_KEYS = ("ece_before", "ece_after", "accepted_share", "accepted_accuracy")
+
+
+def mean_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over the runs that have it (ddddocr has no confidence; nothing accepted has no accuracy)."""
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.mean(values) if values else None
+
+
+def percent(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
 def format_table(rows: list[tuple[str, str, str, list[int], dict[str, Any]]]) -> str:
     lines = ["| dataset | arch | train images | seeds | test images | whole-captcha acc. mean / worst | "
-             "per-position acc. | char. acc. | int8 ONNX acc. mean | train time | model size |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "per-position acc. | char. acc. | int8 ONNX acc. mean | train time | model size | "
+             "ECE before / after calibration | accepted at threshold | acc. on accepted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds, arch, n, seeds, s in rows:
         pos = " / ".join(f"{p:.3f}" for p in s["pos"])
         t = f"{s['seconds']:.0f} s" if s["seconds"] else "none"
         size = f"{s['size_mb']:.1f} MB" if s["size_mb"] else "pretrained"
-        int8 = f"{100 * s['int8']:.2f}%" if s["int8"] is not None else "n/a"
+        int8 = percent(s["int8"])
         lines.append(f"| {ds} | {arch} | {n} | {','.join(map(str, seeds))} | {s['test']} | "
                      f"{100 * s['mean']:.2f}% / {100 * s['worst']:.2f}% | {pos} | {100 * s['char']:.2f}% | {int8} "
-                     f"| {t} | {size} |")
+                     f"| {t} | {size} | {percent(s['ece_before'])} / {percent(s['ece_after'])} | "
+                     f"{percent(s['accepted_share'])} | {percent(s['accepted_accuracy'])} |")
     return "\n".join(lines)
 
 

@@ -69,3 +69,15 @@ def crnn_ckpt(tmp_path_factory, digits_dir) -> Path:
     train(TrainConfig(data=[str(digits_dir)], arch="crnn", epochs=4, val_split=0.25, batch_size=16, plot="none",
                       out=str(out), quiet=True))
     return out
+
+
+@pytest.fixture(scope="session")
+def calibrated_ckpt(tmp_path_factory) -> Path:
+    """The shipped CNN fine-tuned for one epoch on 256 generated captchas, half of them held out:
+    training ends by calibrating it on validation answers both right and wrong (fast, slow tests)."""
+    data = tmp_path_factory.mktemp("digits256")
+    generate(data, 256, seed=12, show=False)
+    out = tmp_path_factory.mktemp("calibrated") / "calibrated.pth"
+    train(TrainConfig(data=[str(data)], init_from=str(ROOT / "captcha_recognize.pth"), epochs=1, lr=1e-4,
+                      val_split=0.5, plot="none", out=str(out), quiet=True))
+    return out

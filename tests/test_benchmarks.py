@@ -25,6 +25,13 @@ def assert_names_machine(stdout: str) -> None:
     assert f"({torch.backends.cpu.get_cpu_capability()} kernels, " in line
 
 
+def run_quick(script: str, markdown) -> tuple:
+    """A benchmark's --quick run that writes into ``markdown``: its result and its table's rows."""
+    r = run_script(script, "--quick", "--markdown", str(markdown), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r, table_rows(r.stdout)
+
+
 def has_onnx() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
@@ -44,6 +51,8 @@ def test_accuracy_benchmark_quick(tmp_path):
             assert re.fullmatch(r"\d+\.\d\d% / \d+\.\d\d%", row[5])
             assert len(row[6].split(" / ")) == 4 and row[9].endswith(" s") and row[10].endswith(" MB")
             assert re.fullmatch(r"\d+\.\d\d%", row[8]) or (row[8] == "n/a" and not has_onnx())
+            assert re.fullmatch(r"\d+\.\d\d% / \d+\.\d\d%", row[11]) and re.fullmatch(r"\d+\.\d\d%", row[12])
+            assert re.fullmatch(r"\d+\.\d\d%", row[13]) or (row[13] == "n/a" and row[12] == "0.00%")
     for arch in ("cnn", "crnn"):  # each seed's line names its misread test files, as many as it got wrong
         line = next(ln for ln in r.stderr.splitlines() if f" {arch} n=48 seed 0: " in ln)
         acc, wrong = re.search(r": (\d+\.\d\d)% in .*; wrong: (.*)$", line).groups()
@@ -130,3 +139,18 @@ def test_labelling_benchmark_quick(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert_names_machine(r.stdout)
     assert "`python benchmarks/labelling.py --quick --plot " in md.read_text()
+
+
+@pytest.mark.slow
+def test_serve_load_benchmark_quick(tmp_path):
+    md = tmp_path / "results.md"
+    r, rows = run_quick("benchmarks/serve_load.py", md)
+    readers = [(row[1], row[2]) for row in rows]
+    assert ("in-process predict_batch", "-") in readers and ("server", "1") in readers and ("server", "8") in readers
+    for row in rows:
+        assert int(row[3]) > 0 and float(row[5]) > 0 and float(row[6]) <= float(row[7])
+        assert row[4] == ("0" if row[1] == "server" else "-")  # every answer a 200 with the in-process text
+    assert re.search(r"^- soak \d+ s: \d+ requests, 0 errors, .* server RSS MB 0s \d+", r.stdout, re.M)
+    assert re.search(r"^- generated, 8 clients: p99 [\d.]+ ms \(target < 50 ms: (met|missed)\)", r.stdout, re.M)
+    assert_names_machine(r.stdout)
+    assert "`python benchmarks/serve_load.py --quick` (" in md.read_text()

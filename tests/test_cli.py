@@ -49,7 +49,7 @@ def test_predict_cli_without_labels_has_no_accuracy(cnn_ckpt, digits_dir, tmp_pa
                    "--json", str(tmp_path / "r.json"))
     assert r.returncode == 0 and "Accuracy" not in r.stdout
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["summary"] == {"n": 1}
+    assert report["summary"] == {"n": 1, "accepted": 1, "temperature": 1.0, "threshold": None}  # uncalibrated
 
 
 @pytest.mark.slow

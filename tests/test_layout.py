@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import ROOT
 
-SCRIPTS = {"torch_model_train", "torch_model_predict", "torch_model_export", "torch_model_label", "make_captchas",
-           "check_labels"}
+SCRIPTS = {"torch_model_train", "torch_model_predict", "torch_model_export", "torch_model_label", "torch_model_serve",
+           "make_captchas", "check_labels"}
 BENCHMARKS = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
 
 

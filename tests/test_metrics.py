@@ -39,13 +39,23 @@ def test_mistakes_table_lists_only_the_misread_up_to_the_limit():
 
 
 def test_report_scores_only_the_labelled_files():
-    results = [{"path": "1234.png", "prediction": "1234", "confidence": 0.9, "label": "1234", "correct": True},
-               {"path": "1111.png", "prediction": "1117", "confidence": 0.4, "label": "1111", "correct": False},
-               {"path": "x.png", "prediction": "5555", "confidence": 0.8, "label": None, "correct": None}]
+    results = [{"path": "1234.png", "prediction": "1234", "confidence": 0.9, "accept": True, "label": "1234",
+                "correct": True},
+               {"path": "1111.png", "prediction": "1117", "confidence": 0.4, "accept": False, "label": "1111",
+                "correct": False},
+               {"path": "2222.png", "prediction": "2227", "confidence": 0.7, "accept": True, "label": "2222",
+                "correct": False},
+               {"path": "x.png", "prediction": "5555", "confidence": 0.8, "accept": True, "label": None,
+                "correct": None}]
     s = build_report(results)["summary"]
-    assert s["n"] == 3 and s["labelled"] == 2 and s["sequence_accuracy"] == 0.5 and s["characters_wrong"] == 1
+    assert s["n"] == 4 and s["labelled"] == 3 and s["sequence_accuracy"] == pytest.approx(1 / 3)
+    assert s["characters_wrong"] == 2
+    assert s["accepted"] == 3 and s["accepted_accuracy"] == 0.5  # 1234 right and 2222 wrong were accepted
     text = format_results(results)
-    assert "WRONG (label 1111)" in text and "2 of 3 file names are labels" in text and "1->7 x1" in text
+    assert "WRONG (label 1111)" in text and "3 of 4 file names are labels" in text and "1->7 x1" in text
+    assert "accepted 3 of 4 readings" in text and "accepted and labelled: 1 of 2 right (50.0%)" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[1:5]}
+    assert rows["1111.png"][3] == "no" and rows["1234.png"][3] == "yes"
 
 
 def test_contact_sheet_has_one_tile_per_image(tmp_path):

@@ -1,0 +1,315 @@
+"""Service load: throughput and latency of ``torch_model_serve.py`` under concurrent clients, against
+in-process ``CaptchaRecognizer.predict_batch`` and ddddocr on the same images, then a soak run.
+
+Usage:
+    python benchmarks/serve_load.py                          # both real datasets, 1/8/64 clients, 180 s soak
+    python benchmarks/serve_load.py --soak 60 --clients 1 8 64 --duration 10
+    python benchmarks/serve_load.py --quick                  # a few seconds on generated captchas
+    python benchmarks/serve_load.py --markdown docs/results.md
+
+The server runs as a child process on a free 127.0.0.1 port and serves one model per dataset:
+percent4-digits with the shipped ``captcha_recognize.pth``, captcha-images-v2 with a freshly
+initialised CRNN of the input size training would pick (weights do not change the speed). The
+clients are an aiohttp load generator in this process, each sending one image per request
+(multipart) and waiting for the answer, for ``--duration`` seconds or ``--max-requests`` per
+level; an answer counts as an error unless it is a 200 with the text the model reads in-process.
+In-process rows: ``predict_batch`` over all of the dataset's images (throughput) and ``predict``
+one image at a time (latency); ddddocr (if installed) reads the same bytes one at a time. The
+soak run keeps ``--soak-clients`` clients on both models for ``--soak`` seconds and samples the
+server's resident memory.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from common import DATASETS, ROOT, machine, publish
+from speed import fresh_checkpoint
+
+from cli import HelpFormatter, non_negative_float, positive_float, positive_int
+from dataset import CHANNELS, MAX_HEIGHT, Preprocess, auto_size, infer_alphabet, list_images, load_images, parse_label
+from recognizer import CaptchaRecognizer
+from service import server_process
+from synthetic import generate
+
+BOUNDARY = "captchaloadboundary"
+SHIPPED = ROOT / "captcha_recognize.pth"
+
+
+@dataclass
+class Workload:
+    """One dataset as the clients send it: multipart bodies and the texts the model reads in-process."""
+    name: str
+    model: Path
+    blobs: list[bytes]
+    expected: list[str]
+    bodies: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bodies = [multipart(b) for b in self.blobs]
+
+
+def multipart(image: bytes) -> bytes:
+    """One image as a multipart/form-data body (built once, so the clients spend little CPU)."""
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.png\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def workload(name: str, folder: Path, workdir: Path) -> Workload:
+    """The images of ``folder`` and the model that serves them."""
+    files = list_images([folder])
+    images, files = load_images(files)
+    labels = [parse_label(f) or "" for f in files]
+    if name in ("percent4-digits", "generated"):  # 4-digit 50x22 captchas: the shipped model's kind
+        model = SHIPPED
+    else:
+        w, h = auto_size([im.size for im in images], MAX_HEIGHT["crnn"])
+        model = fresh_checkpoint("crnn", infer_alphabet(labels), max(map(len, labels)),
+                                 Preprocess(w, h, CHANNELS["crnn"]), workdir / f"{name}.pth")
+    blobs = [f.read_bytes() for f in files]
+    return Workload(name, model, blobs, [t for t, _ in CaptchaRecognizer(model).predict_batch(blobs)])
+
+
+# ------------------------------------------------------------------------- measuring
+
+@dataclass
+class Run:
+    """What one measurement saw."""
+    latencies: list[float] = field(default_factory=list)  # seconds per answered request
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
+
+    def row(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
+        return {"requests": self.requests, "errors": len(self.errors), "img_s": self.requests / self.seconds,
+                "p50": 1000 * q[49], "p99": 1000 * q[98]}
+
+
+async def client(session: Any, url: str, w: Workload, k: int, stop: float, budget: list[int], run: Run) -> None:
+    """One client: send image after image, each when the previous answer is back."""
+    import aiohttp
+    i = k * 7919  # clients start at different images
+    while time.perf_counter() < stop and budget[0] > 0:
+        budget[0] -= 1
+        j = i % len(w.bodies)
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, params={"model": w.name}, data=w.bodies[j],
+                                    headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}) as r:
+                answer = await r.json()
+                ok = r.status == 200 and answer["results"][0]["text"] == w.expected[j]
+                why = "" if ok else f"{r.status} {str(answer)[:80]}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as e:
+            ok, why = False, f"{type(e).__name__}: {e}"[:100]
+        run.latencies.append(time.perf_counter() - t0)
+        if not ok:
+            run.errors.append(why)
+
+
+async def load(url: str, works: Sequence[Workload], clients: int, seconds: float, max_requests: int) -> Run:
+    """``clients`` concurrent clients, spread over the workloads, for ``seconds`` or ``max_requests``."""
+    import aiohttp
+    run, budget = Run(), [max_requests]
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        t0 = time.perf_counter()
+        stop = t0 + seconds
+        await asyncio.gather(*(client(session, f"{url}/v1/recognize", works[k % len(works)], k, stop, budget, run)
+                               for k in range(clients)))
+        run.seconds = time.perf_counter() - t0
+    return run
+
+
+def timed(fn: Callable[[bytes], Any], blobs: Sequence[bytes], seconds: float) -> Run:
+    """``fn`` on one image after another (round robin) for about ``seconds``."""
+    run, i, stop = Run(), 0, time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    while time.perf_counter() < stop:
+        t = time.perf_counter()
+        fn(blobs[i % len(blobs)])
+        run.latencies.append(time.perf_counter() - t)
+        i += 1
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def in_process(w: Workload, seconds: float) -> dict[str, Any]:
+    """``predict_batch`` throughput over all images (best of the passes that fit in ``seconds``)
+    with the latency of ``predict`` on single images."""
+    rec = CaptchaRecognizer(w.model)
+    rec.predict_batch(w.blobs[:64])
+    best, stop = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < stop or not best:
+        t0 = time.perf_counter()
+        rec.predict_batch(w.blobs)
+        best = max(best, len(w.blobs) / (time.perf_counter() - t0))
+    single = timed(rec.predict, w.blobs, seconds / 2).row()
+    return {**single, "img_s": best, "requests": single["requests"]}
+
+
+def ddddocr_row(w: Workload, seconds: float) -> dict[str, Any] | None:
+    """ddddocr reading the same bytes one at a time (restricted to the dataset's alphabet), or None."""
+    try:
+        import ddddocr
+    except ImportError:
+        return None
+    ocr = ddddocr.DdddOcr(show_ad=False)
+    ocr.set_ranges(infer_alphabet(w.expected) or "0123456789")
+    ocr.classification(w.blobs[0])
+    return timed(ocr.classification, w.blobs, seconds).row()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (``--workers``), from /proc."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS"))) / 1024
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+async def soak(url: str, pid: int, works: Sequence[Workload], clients: int, seconds: float,
+               every: float) -> tuple[Run, list[tuple[float, float]]]:
+    """Load for ``seconds`` in slices of ``every`` seconds, sampling the server's memory after each."""
+    total, samples, t0 = Run(), [(0.0, rss_mb(pid))], time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        part = await load(url, works, clients, min(every, seconds - (time.perf_counter() - t0)), 10 ** 9)
+        total.latencies += part.latencies
+        total.errors += part.errors
+        samples.append((time.perf_counter() - t0, rss_mb(pid)))
+    total.seconds = time.perf_counter() - t0
+    return total, samples
+
+
+# ---------------------------------------------------------------------------- report
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = "| dataset | reader | clients | requests | errors | img/s | p50 ms | p99 ms | of in-process img/s |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    base = {r["dataset"]: r["img_s"] for r in rows if r["reader"].startswith("in-process")}
+    for r in rows:
+        share = f"{100 * r['img_s'] / base[r['dataset']]:.0f}%" if r["dataset"] in base else "n/a"
+        errors = r["errors"] if r["reader"] == "server" else "-"  # only the server's answers are checked
+        lines.append(f"| {r['dataset']} | {r['reader']} | {r['clients']} | {r['requests']} | {errors} | "
+                     f"{r['img_s']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {share} |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict[str, Any]], soaked: Run | None, samples: list[tuple[float, float]]) -> list[str]:
+    """The issue's targets, each with its number and met / missed."""
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        base = next((r["img_s"] for r in rows if r["dataset"] == ds and r["reader"].startswith("in-process")), None)
+        for r in rows:
+            if r["dataset"] != ds or r["reader"] != "server":
+                continue
+            if r["clients"] == 64 and base:
+                share = r["img_s"] / base
+                out.append(f"- {ds}, 64 clients: {100 * share:.1f}% of in-process throughput (target >= 50%: "
+                           f"{'met' if share >= 0.5 else 'missed'})")
+            if r["clients"] == 8:
+                out.append(f"- {ds}, 8 clients: p99 {r['p99']:.1f} ms (target < 50 ms: "
+                           f"{'met' if r['p99'] < 50 else 'missed'})")
+    if soaked is not None:
+        rss = [m for _, m in samples]
+        warm = rss[1] if len(rss) > 1 else rss[0]  # after the first slice: models and buffers are in place
+        series = ", ".join(f"{t:.0f}s {m:.0f}" for t, m in samples[::max(1, len(samples) // 8)] + samples[-1:])
+        r = soaked.row()
+        out.append(f"- soak {soaked.seconds:.0f} s: {r['requests']} requests, {r['errors']} errors, "
+                   f"{r['img_s']:.0f} img/s, p99 {r['p99']:.1f} ms; server RSS MB {series}; "
+                   f"after the first slice {warm:.0f} -> {rss[-1]:.0f} MB ({rss[-1] - warm:+.0f} MB)")
+        if soaked.errors:
+            out.append(f"- first soak errors: {'; '.join(soaked.errors[:3])}")
+    return out
+
+
+# ------------------------------------------------------------------------------ main
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few seconds on generated captchas (smoke run)")
+    p.add_argument("--clients", nargs="+", type=positive_int, default=[1, 8, 64], metavar="N",
+                   help="concurrent clients per level")
+    p.add_argument("--duration", type=positive_float, default=10.0, metavar="S", help="seconds per level")
+    p.add_argument("--max-requests", type=positive_int, default=50_000, metavar="N", help="requests per level at most")
+    p.add_argument("--soak", type=non_negative_float, default=180.0, metavar="S", help="soak seconds (0: none)")
+    p.add_argument("--soak-clients", type=positive_int, default=64, metavar="N", help="clients during the soak")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N", help="server processes")
+    p.add_argument("--server-args", default="", metavar="FLAGS", help="extra torch_model_serve.py flags")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table into FILE (e.g. docs/results.md)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.clients, args.duration, args.soak = [1, 8], 1.0, min(args.soak, 3.0)
+    return args
+
+
+def measure(works: Sequence[Workload], args: argparse.Namespace, log: Path) -> tuple[list[dict], Run | None, list]:
+    rows: list[dict[str, Any]] = []
+    for w in works:  # before the server starts, so that nothing competes for the cores
+        rows.append({"dataset": w.name, "reader": "in-process predict_batch", "clients": "-",
+                     **in_process(w, args.duration)})
+        dd = ddddocr_row(w, args.duration)
+        if dd:
+            rows.append({"dataset": w.name, "reader": "ddddocr in-process", "clients": "-", **dd})
+        print(f"  {w.name}: in-process {rows[-1 - bool(dd)]['img_s']:.0f} img/s", file=sys.stderr)
+    server = ["--workers", str(args.workers), "--no-access-log", *args.server_args.split()]
+    server += [a for w in works for a in ("--model", f"{w.name}={w.model}")]
+    soaked, samples = None, []
+    with server_process(server, log) as (url, proc):
+        asyncio.run(load(url, works, 8, 1.0, 200))  # warm up
+        for w in works:
+            for n in args.clients:
+                r = asyncio.run(load(url, [w], n, args.duration, args.max_requests))
+                rows.append({"dataset": w.name, "reader": "server", "clients": n, **r.row()})
+                print(f"  {w.name}: {n} clients {rows[-1]['img_s']:.0f} img/s, p99 {rows[-1]['p99']:.1f} ms, "
+                      f"{len(r.errors)} errors", file=sys.stderr)
+        if args.soak:
+            soaked, samples = asyncio.run(soak(url, proc.pid, works, args.soak_clients, args.soak,
+                                               every=max(1.0, args.soak / 18)))
+    return rows, soaked, samples
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if args.quick:
+            generate(workdir / "generated", 64, seed=5, show=False)
+            folders = {"generated": workdir / "generated"}
+        else:
+            folders = {k: v for k, v in DATASETS.items() if v.is_dir()}
+            if not folders:
+                print("error: no dataset found under ../shared/data", file=sys.stderr)
+                return 1
+        works = [workload(name, folder, workdir) for name, folder in folders.items()]
+        rows, soaked, samples = measure(works, args, workdir / "server.log")
+    notes = [f"Server: {args.workers} worker process(es), default batching (--max-batch 64, --max-wait-ms 2) "
+             f"{args.server_args}".rstrip() + "; clients: aiohttp in the benchmark process on the same machine, "
+             "one image per request (multipart), keep-alive; errors: not a 200 with the in-process text.",
+             "In-process rows: img/s of predict_batch over all of the dataset's images; p50/p99 of predict "
+             "on one image at a time. ddddocr: one image at a time, bytes in, text out."]
+    table = "\n".join([format_table(rows), "", *targets(rows, soaked, samples), "", *notes, "", machine()])
+    return publish(table, args.markdown, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
