@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from dataset import DataError, parse_label, read_labelled
+from dataset import DataError, LabelRules, name_text, read_labelled
 from recognizer import CaptchaRecognizer, predict_files
-from training import TrainConfig, choose_arch, train
+from training import TrainConfig, choose_arch, label_rules, train
 
 
 def fold_files(files: Sequence[Path], folds: int, seed: int) -> list[list[Path]]:
@@ -25,10 +25,16 @@ def fold_files(files: Sequence[Path], folds: int, seed: int) -> list[list[Path]]
     return [sorted(order[k::folds]) for k in range(folds)]
 
 
-def common_length(files: Sequence[Path]) -> int:
+def common_length(files: Sequence[Path], rules: LabelRules | None = None) -> int:
     """The most common label length: the CNN's length, so that a label of another length
     (often a typo) is read and listed instead of stopping the CNN's training."""
-    return Counter(len(parse_label(f) or "") for f in files).most_common(1)[0][0]
+    return Counter(len(named(f, rules)) for f in files).most_common(1)[0][0]
+
+
+def named(path: str | Path, rules: LabelRules | None) -> str:
+    """What the file name says the captcha reads, as training reads names (case, label map),
+    also when no fold model could read it (a character or length it never saw)."""
+    return (rules or LabelRules()).apply(name_text(path))
 
 
 def train_on(files: Sequence[Path], cfg: TrainConfig, out: Path) -> float:
@@ -42,13 +48,15 @@ def train_on(files: Sequence[Path], cfg: TrainConfig, out: Path) -> float:
 def cross_read(files: Sequence[Path], folds: int, cfg: TrainConfig, workdir: Path) -> list[dict[str, Any]]:
     """``predict_files`` results for every file, each from the fold model that did not train on it."""
     parts = fold_files(files, folds, cfg.seed)
+    rules = label_rules(cfg, None)
     if cfg.arch == "auto" and cfg.length is None:  # decided on the common length: a typo must not decide it
-        n = common_length(files)
-        arch, why = choose_arch(read_labelled([f for f in files if len(parse_label(f) or "") == n]), cfg)
+        n = common_length(files, rules)
+        same = [f for f in files if len(named(f, rules)) == n]
+        arch, why = choose_arch(read_labelled(same, cfg.alphabet, rules, cfg.recursive), cfg)
         print(f"arch auto: {arch}, as {why}", file=sys.stderr)
         cfg = replace(cfg, arch=arch)
     if cfg.arch == "cnn" and cfg.length is None:
-        cfg = replace(cfg, length=common_length(files))
+        cfg = replace(cfg, length=common_length(files, rules))
     results = []
     for k, held in enumerate(parts):
         rest = [f for j, part in enumerate(parts) if j != k for f in part]
@@ -57,7 +65,7 @@ def cross_read(files: Sequence[Path], folds: int, cfg: TrainConfig, workdir: Pat
               file=sys.stderr)
         train_on(rest, cfg, out)
         for r in predict_files(CaptchaRecognizer(out), held):
-            label = parse_label(r["path"])  # also labels the fold model cannot read (length, characters)
+            label = named(r["path"], rules)
             results.append({**r, "label": label, "correct": r["prediction"] == label})
     return results
 

@@ -88,6 +88,13 @@ def read_label_map(path: str | os.PathLike) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
+def name_text(path: str | os.PathLike) -> str:
+    """The text a file name holds: up to its first ``.`` or ``_``, in NFC form (macOS file names
+    are decomposed)."""
+    name = unicodedata.normalize("NFC", os.path.basename(os.fspath(path)))
+    return re.split(r"[._]", name, maxsplit=1)[0]
+
+
 def parse_label(path: str | os.PathLike, alphabet: str | None = None, rules: LabelRules | None = None) -> str | None:
     """The label encoded in a file name, or None if the name is not a label.
 
@@ -95,8 +102,7 @@ def parse_label(path: str | os.PathLike, alphabet: str | None = None, rules: Lab
     letters and digits (and the characters ``rules`` maps); with one, every character of the
     label must be in it. Names are compared in NFC form, as macOS file names are decomposed.
     """
-    name = unicodedata.normalize("NFC", os.path.basename(os.fspath(path)))
-    text = re.split(r"[._]", name, maxsplit=1)[0]
+    text = name_text(path)
     rules = rules or LabelRules()
     mapped = dict(rules.label_map)
     if not text or (alphabet is None and not all(c.isalnum() or c in mapped for c in text)):

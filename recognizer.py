@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
+from runtime import ConfigError  # before anything loads torch: it sets how OpenMP threads wait
 
 import torch
 
@@ -34,14 +34,19 @@ T, R = TypeVar("T"), TypeVar("R")
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: cuda if present, then mps, else cpu."""
+    """``auto``: cuda if present, then mps, else cpu. A device that is not there is a ``ConfigError``."""
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError("device", f"expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for, but PyTorch sees no CUDA GPU here: use --device cpu (or auto)")
+    if device.type == "mps" and not mps:
+        raise ConfigError("device", "mps was asked for, but it is not available here: use --device cpu (or auto)")
+    return device
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ with the better model and says so.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -25,7 +26,8 @@ from checkpoint import atomic_save, load_checkpoint, output_lock
 from dataset import DataError, LabelledImages, labelled_files, list_images, load_images, parse_label, plural, shown, to_arrays
 from recognizer import CaptchaRecognizer, infer
 from runtime import ConfigError
-from training import TrainConfig, TrainResult, input_defaults, save_plot, train
+from schedule import default_budget
+from training import TrainConfig, TrainResult, label_rules, prepare, save_plot, train
 
 VIEWS = 4  # perturbed copies that must read like the clean image
 WEAK = Augment(shift=0.03, rotate=2.0, shear=0.05, scale=0.04, brightness=0.1, contrast=0.1, noise=0.02, lines=0.0)
@@ -33,13 +35,24 @@ MIN_SHARE = 0.05  # below this share of stable readings a round is not worth tra
 MIN_PRECISION = 0.95  # share of the stable validation readings that must be right to trust stable readings
 
 
-def read_unlabelled(folder: str, recursive: bool = False) -> tuple[list[Image.Image], list[Path]]:
-    """The decoded images of ``folder`` whatever their names; unreadable ones are skipped with one warning."""
-    files = list_images([folder], recursive)
+def read_unlabelled(folder: str, recursive: bool, labelled: list[str]) -> tuple[list[Image.Image], list[Path]]:
+    """The decoded images of ``folder`` whatever their names, without copies of the labelled images
+    (a validation image read back as a pseudo-label would flatter the validation score); unreadable
+    ones are skipped with one warning."""
+    seen = {digest(f) for f in list_images(labelled, recursive)}
+    files = [f for f in list_images([folder], recursive) if digest(f) not in seen]
     images, paths = load_images(files)
     if not images:
         raise DataError(f"no readable images in --unlabelled {shown(folder)}")
     return images, paths
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def count_labelled(cfg: TrainConfig) -> int:
+    return len(labelled_files(cfg.data, cfg.alphabet, label_rules(cfg, None), cfg.recursive))
 
 
 def stable_readings(rec: CaptchaRecognizer, arrays: torch.Tensor, seed: int,
@@ -63,8 +76,10 @@ def stable_precision(rec: CaptchaRecognizer, result: TrainResult, seed: int, len
     return (sum(a == b for a, b in stable) / len(stable) if stable else 0.0), len(stable)
 
 
-def round_config(cfg: TrainConfig, work: Path, r: int) -> TrainConfig:
-    return replace(cfg, unlabelled=None, out=str(work / f"round{r}.pth"), plot="none", resume=None)
+def round_config(cfg: TrainConfig, work: Path, r: int, deadline: float) -> TrainConfig:
+    """Round ``r``'s training: its own output, no plot, and what is left of the budget."""
+    return replace(cfg, unlabelled=None, out=str(work / f"round{r}.pth"), plot="none", resume=None,
+                   time_budget=max(1.0, (deadline - time.time()) / 60))
 
 
 def self_train(cfg: TrainConfig) -> TrainResult:
@@ -74,16 +89,20 @@ def self_train(cfg: TrainConfig) -> TrainResult:
     if cfg.val_split <= 0:
         raise ConfigError("unlabelled", "needs a validation split (--val-split > 0) to tell whether pseudo-labels "
                                         "can be trusted")
-    base = input_defaults(replace(cfg, unlabelled=None))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("unlabelled", "runs as one process; start it without torchrun")
+    base, _ = prepare(replace(cfg, unlabelled=None))  # checks the settings and outputs before any round
     log: Callable[..., None] = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
     work = Path(base.out).with_name(f".{Path(base.out).stem}-rounds")
     t0 = time.time()
     with output_lock(base.out):
-        images, paths = read_unlabelled(cfg.unlabelled, cfg.recursive)
+        images, paths = read_unlabelled(cfg.unlabelled, cfg.recursive, base.data)
+        budget = 60 * cfg.time_budget if cfg.time_budget else default_budget(len(images) + count_labelled(base))
         log(f"self-training: {plural(len(images), 'unlabelled captcha')} in {shown(cfg.unlabelled)}, "
-            f"up to {plural(cfg.rounds, 'round')} after the labelled-only one")
+            f"up to {plural(cfg.rounds, 'round')} after the labelled-only one, time budget {budget / 60:.3g} min "
+            "for all of them")
         try:
-            best, history = run_rounds(base, cfg.rounds, images, paths, work, log)
+            best, history = run_rounds(base, cfg.rounds, images, paths, work, log, t0 + budget)
             publish(best, base.out, cfg, history)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -94,13 +113,19 @@ def self_train(cfg: TrainConfig) -> TrainResult:
 
 
 def run_rounds(base: TrainConfig, rounds: int, images: list[Image.Image], paths: list[Path], work: Path,
-               log: Callable[..., None]) -> tuple[TrainResult, list[dict[str, Any]]]:
-    """The labelled-only round and the self-training rounds; returns the kept round and a summary."""
+               log: Callable[..., None], deadline: float) -> tuple[TrainResult, list[dict[str, Any]]]:
+    """The labelled-only round and the self-training rounds, each with what is left of the budget
+    until ``deadline``; returns the kept round and a summary."""
     log("round 0: the labelled images alone")
-    best = train(round_config(base, work, 0))
+    best = train(round_config(base, work, 0, deadline))
+    if best.validation is None or not best.validation.labels:
+        raise DataError("too few labelled images for a validation split: self-training needs one")
     lengths = labelled_lengths(best)
     history = [{"round": 0, "pseudo": 0, "val": best.best["sequence_accuracy"], "kept": 0}]
     for r in range(1, rounds + 1):
+        if deadline - time.time() < best.seconds:
+            log(f"the time budget is spent: keeping round {history[-1]['kept']} (--time-budget MINUTES for more rounds)")
+            break
         rec = CaptchaRecognizer(best.out)
         precision, n_stable = stable_precision(rec, best, base.seed + r, lengths)
         readings = stable_readings(rec, to_arrays(images, rec.spec), base.seed + r, lengths)
@@ -114,7 +139,7 @@ def run_rounds(base: TrainConfig, rounds: int, images: list[Image.Image], paths:
                 + (" (labelled images only)" if history[-1]["kept"] == 0 else ""))
             break
         extra = LabelledImages([images[i] for i in kept], [readings[i][0] for i in kept], [paths[i] for i in kept])
-        result = train(round_config(base, work, r), extra=extra)
+        result = train(round_config(base, work, r, deadline), extra=extra)
         score = result.best["sequence_accuracy"]
         history.append({"round": r, "pseudo": len(kept), "val": score,
                         "kept": r if score >= best.best["sequence_accuracy"] else history[-1]["kept"],

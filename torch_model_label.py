@@ -23,11 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from checkpoint import CheckpointError
 from cli import HelpFormatter, positive_int, train_config
 from crossread import cross_read, suspects
 from dataset import DataError, labelled_files, load_images
 from labelpage import Session, Settings, create_app
+from training import label_rules
 
 HOST = "127.0.0.1"
 
@@ -68,8 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def cross_read_into(session: Session, args: argparse.Namespace, extra: list[str]) -> int:
     """``--review``: queue the images a held-out model reads differently from their names."""
-    cfg = replace(train_config(extra), arch=args.arch)
-    _, files = load_images(labelled_files([args.review], args.alphabet))
+    cfg = train_config(extra)
+    cfg = replace(cfg, arch=args.arch, alphabet=args.alphabet or cfg.alphabet)
+    _, files = load_images(labelled_files([args.review], cfg.alphabet, label_rules(cfg, None)))
     if not files:
         raise DataError(f"none of the labelled images in {args.review} could be read")
     with tempfile.TemporaryDirectory() as tmp:

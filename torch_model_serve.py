@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from cli import HelpFormatter, non_negative_float, positive_float, positive_int
 from service import CONFIG_ENV, MODEL_NAME, ServeConfig, config_to_env
 

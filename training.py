@@ -91,8 +91,8 @@ class TrainConfig:
 
 
 # flags that define what a run learns: resuming with another value is an error, not a silent switch
-RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "length", "img_size", "channels", "seed",
-                    "val_split", "batch_size", "synthetic")
+RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "recursive", "length", "img_size", "channels",
+                    "seed", "val_split", "batch_size", "synthetic")
 # how this call runs and reports, not what the run is: a resumed run takes them from the call
 NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet",
                "time_budget"}
@@ -216,11 +216,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("case", f"must be keep, lower or upper, got {cfg.case!r}")
     if cfg.strokes not in STROKES:
         raise ConfigError("strokes", f"must be one of {', '.join(STROKES)}, got {cfg.strokes!r}")
-    device = cfg.device.split(":")[0]
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda was asked for, but PyTorch sees no CUDA GPU here: use --device cpu (or auto)")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device", "mps was asked for, but it is not available here: use --device cpu (or auto)")
+    if cfg.alphabet is not None and (not cfg.alphabet or len(set(cfg.alphabet)) != len(cfg.alphabet)):
+        raise ConfigError("alphabet", f"must list each character once, got {cfg.alphabet!r}")
+    pick_device(cfg.device)
 
 
 def stored_config(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -265,9 +263,9 @@ def with_resumed(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
                                       "continue that run, or give another --out to start a new one")
         merged[f.name] = mine if explicit or f.name not in stored else theirs
     merged["resume"] = str(path)
-    if merged["epochs"] is not None and merged["epochs"] <= ckpt["epoch"]:
+    if merged["epochs"] is not None and merged["epochs"] < ckpt["epoch"]:
         raise ConfigError("epochs", f"the resumed run has already trained {plural(ckpt['epoch'], 'epoch')}: give "
-                                    f"more than {ckpt['epoch']} to extend it")
+                                    f"at least {ckpt['epoch']}, more to extend it")
     return TrainConfig(**merged), ckpt
 
 
@@ -518,6 +516,7 @@ class Run:
     budget: float = 0.0  # seconds this process may train
     started: float = 0.0  # when this process started training (time.time())
     epoch_seconds: float = 0.0  # the last epoch's duration
+    n_images: int = 0  # labelled images read: a resumed run must find as many
 
     @property
     def converter(self) -> LabelConverter:
@@ -587,7 +586,7 @@ def save_state(run: Run, epoch: int, improved: bool) -> None:
     if not run.d.main:
         return
     config = asdict(run.cfg)
-    extra = {"config": config, "epoch": epoch, "best": run.best, "history": run.history,
+    extra = {"config": config, "epoch": epoch, "best": run.best, "history": run.history, "n_images": run.n_images,
              "schedule": {"plan_epochs": run.plan_epochs, "segments": run.segments}}
     if improved:
         weights = (run.ema.model if run.ema is not None else run.raw_model).state_dict()
@@ -657,7 +656,8 @@ def make_loader(cfg: TrainConfig, train_set: torch.utils.data.Dataset, d: Dist,
         min(4, os.cpu_count() or 1) if device.type == "cuda" or cfg.synthetic else 0)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", drop_last=len(train_set) > cfg.batch_size * d.world,
-                        persistent_workers=workers > 0)
+                        persistent_workers=workers > 0 and not any(  # workers would keep epoch 1's draws
+                            hasattr(p, "set_epoch") for p in getattr(train_set, "datasets", [train_set])))
     return loader, sampler
 
 
@@ -696,6 +696,7 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
               opt, sched, ema, amp_ctx, scaler, given=given, can_retry=can_retry, plan_epochs=cfg.epochs,
               segments=[[1, cfg.epochs, cfg.lr]])
     run.budget = 60 * cfg.time_budget if cfg.time_budget else schedule.default_budget(len(train_set))
+    run.n_images = len(data.labels) if data is not None else 0
     if resume is not None:
         restore(run, resume)
     return run
@@ -703,20 +704,24 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
 
 def restore(run: Run, resume: dict[str, Any]) -> None:
     """Continue a run from its resumable checkpoint: optimizer, schedule, epoch, scores, weight average.
-    A run resumed with more epochs keeps its step count on the longer cycle."""
-    run.opt.load_state_dict(resume["optimizer"])
+    A run resumed with more epochs, or with more batches an epoch, keeps its step on the longer cycle."""
+    if resume.get("n_images") not in (None, run.n_images):
+        raise DataError(f"the data has {run.n_images} labelled images, the resumed run had {resume['n_images']}: "
+                        "its validation split would change; start a new run (another --out) instead")
     epochs = resume["config"]["epochs"]
     plan = resume.get("schedule") or {"plan_epochs": epochs, "segments": [[1, epochs, run.cfg.lr]]}
     run.plan_epochs, run.segments = plan["plan_epochs"], [list(x) for x in plan["segments"]]
     first, n, peak = run.segments[-1]
     run.sched = schedule.one_cycle(run.opt, peak, n * len(run.loader))
+    run.opt.load_state_dict(resume["optimizer"])  # after the schedule, whose creation resets the rates
     run.sched.load_state_dict(resume["scheduler"])
     if run.cfg.epochs != first + n - 1:
         run.log(f"extending the schedule from {first + n - 1} to {run.cfg.epochs} epochs")
         run.segments[-1][1] = run.cfg.epochs - first + 1
-        run.sched = schedule.replan(run.sched, peak, run.segments[-1][1] * len(run.loader))
         if len(run.segments) == 1:
             run.plan_epochs = run.cfg.epochs
+    if run.sched.total_steps != run.segments[-1][1] * len(run.loader):
+        run.sched = schedule.replan(run.sched, peak, run.segments[-1][1] * len(run.loader))
     run.start, run.best, run.history = resume["epoch"] + 1, resume["best"], resume["history"]
     if run.ema is not None and resume.get("ema") is not None:
         run.ema.model.load_state_dict(resume["ema"]["model"])
@@ -737,10 +742,15 @@ class StuckAtChance(Exception):
         self.cfg, self.message = cfg, message
 
 
+def agreed(run: Run, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank: decisions from clock readings must not differ between ranks."""
+    return run.d.gather(value)[0]
+
+
 def fit_budget(run: Run, epoch: int) -> None:
     """After the first epoch: shorten the current cycle if the rest of it would overrun the budget."""
     left = run.budget - (time.time() - run.started)
-    n = schedule.epochs_in_budget(run.cfg.epochs, epoch, run.epoch_seconds, left)
+    n = agreed(run, schedule.epochs_in_budget(run.cfg.epochs, epoch, run.epoch_seconds, left))
     if n >= run.cfg.epochs:
         return
     run.log(f"the time budget ({run.budget / 60:.3g} min) holds {n} of the {run.cfg.epochs} planned epochs: "
@@ -760,7 +770,7 @@ def check_chance(run: Run, epoch: int) -> None:
         return
     if not schedule.at_chance(run.history, len(run.converter.alphabet), run.converter.ctc):
         return
-    if run.cfg.arch == "cnn":
+    if run.cfg.arch == "cnn" and not run.cfg.init_from:
         new, change = replace(run.given, arch="crnn"), "starting again as a CRNN, which reads text at any place"
     else:
         new, change = replace(run.given, lr=run.cfg.lr / 3), f"starting again at learning rate {run.cfg.lr / 3:.2g}"
@@ -776,7 +786,7 @@ def extend(run: Run, epoch: int) -> None:
         return
     n = max(1, math.ceil(schedule.EXTEND_SHARE * run.plan_epochs))
     left = run.budget - (time.time() - run.started)
-    if n * run.epoch_seconds > left:
+    if agreed(run, n * run.epoch_seconds > left):
         run.log(f"validation is still improving, but the time budget ({run.budget / 60:.3g} min) is spent: "
                 "--time-budget MINUTES lets it train longer")
         return
@@ -890,7 +900,10 @@ def attempt(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: to
     except StuckAtChance as e:
         log(e.message)
         torch.manual_seed(cfg.seed)
-        runs.append(setup(e.cfg, None, d, device, log, extra, can_retry=False))
+        spent = (time.time() - runs[-1].started) / 60
+        left = (cfg.time_budget or runs[-1].budget / 60) - spent  # the retry gets what is left of the budget
+        runs.append(setup(replace(e.cfg, time_budget=max(1.0, left)), None, d, device, log, extra,
+                          can_retry=False))
         log(describe(runs[-1]))
         run_schedule(runs[-1])
     return runs[-1]

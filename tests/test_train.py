@@ -132,9 +132,9 @@ def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(digits_dir, t
 
 @pytest.fixture
 def interrupted(digits_dir, tmp_path, monkeypatch):
-    """A CNN run of 3 epochs stopped by Ctrl-C after its first epoch: (best, last) checkpoints."""
+    """A CNN run of 3 epochs stopped by Ctrl-C after its second epoch: (best, last) checkpoints."""
     out = tmp_path / "run" / "m.pth"
-    interrupt_at(monkeypatch, 2)
+    interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=3, batch_size=16, seed=4, out=str(out), plot="none",
                           augment=False, quiet=True))
@@ -149,7 +149,7 @@ def test_resume_takes_the_run_from_its_checkpoint_and_extends_it(interrupted, ca
     stdout = capsys.readouterr().out
     assert result.out == out and result.config.data == load_checkpoint(out)["config"]["data"]
     assert result.config.seed == 4 and result.config.batch_size == 16 and not result.config.augment
-    assert "extending the schedule from 3 to 5 epochs" in stdout and "resuming at epoch 2 of 5" in stdout
+    assert "extending the schedule from 3 to 5 epochs" in stdout and "resuming at epoch 3 of 5" in stdout
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5] and not last.exists()
 
 
@@ -162,7 +162,7 @@ def test_resume_refuses_conflicts_a_best_checkpoint_and_fewer_epochs(interrupted
         train(TrainConfig(resume=str(last), arch="crnn"))
     with pytest.raises(ConfigError, match="--data: .* differs from the resumed run's"):
         train(TrainConfig(resume=str(last), data=[str(tmp_path)]))
-    with pytest.raises(ConfigError, match="--epochs: the resumed run has already trained 1 epoch"):
+    with pytest.raises(ConfigError, match="--epochs: the resumed run has already trained 2 epochs: give at least 2"):
         train(TrainConfig(resume=str(last), epochs=1))
     with pytest.raises(CheckpointError, match=f"best checkpoint without optimizer state.*resume from {last}"):
         train(TrainConfig(resume=str(out)))
