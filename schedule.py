@@ -20,6 +20,7 @@ PCT_START = 0.15  # share of a cycle spent warming up
 EXTEND_SHARE = 0.5  # an extension cycle is this share of the planned epochs
 EXTEND_LR = 0.5  # its peak learning rate, relative to the planned cycle's
 CHANCE_AT = 0.3  # share of the planned epochs after which a run still at chance is retried
+CHANCE_MIN_STEPS = 400  # plans shorter than this are not judged
 
 
 def default_budget(n_train: int) -> float:

@@ -766,7 +766,8 @@ def check_chance(run: Run, epoch: int) -> None:
     """A third of the way into the plan (at least 5 epochs), a run still reading no better than guessing starts
     again once: the CNN as a CRNN, a CRNN with a third of the learning rate."""
     due = max(5, math.ceil(schedule.CHANCE_AT * run.plan_epochs))
-    if not run.can_retry or not run.val.labels or epoch != due or due > run.plan_epochs:
+    short = run.plan_epochs * len(run.loader) < schedule.CHANCE_MIN_STEPS  # too short to judge
+    if not run.can_retry or short or not run.val.labels or epoch != due or due > run.plan_epochs:
         return
     if not schedule.at_chance(run.history, len(run.converter.alphabet), run.converter.ctc):
         return
@@ -893,7 +894,7 @@ def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
 def attempt(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torch.device,
             log: Callable[..., None], extra: LabelledImages | None, runs: list[Run]) -> Run:
     """Set up and run the schedule; a run stuck at chance starts once more, changed."""
-    runs.append(setup(cfg, resume, d, device, log, extra))
+    runs.append(setup(cfg, resume, d, device, log, extra, can_retry=resume is None))
     log(describe(runs[-1]))
     try:
         run_schedule(runs[-1])

@@ -61,7 +61,7 @@ def test_accuracy_benchmark_quick(tmp_path):
         assert len(names) == round(12 * (1 - float(acc) / 100))
     assert_names_machine(r.stdout)
     text = md.read_text()  # the table under the command that made it (without where it was written)
-    assert "`python benchmarks/accuracy.py --quick` (" in text and "--markdown" not in text
+    assert "`python benchmarks/accuracy.py --quick --archs cnn crnn auto` (" in text and "--markdown" not in text
     assert all(f"| generated | {a} | 48 |" in text for a in ("cnn", "crnn"))
 
 

@@ -68,6 +68,7 @@ def test_a_run_still_improving_gets_another_cycle_within_its_budget(digits_dir, 
 @pytest.mark.slow
 def test_a_cnn_stuck_at_chance_starts_again_as_a_crnn(digits_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(schedule, "at_chance", lambda *a: True)
+    monkeypatch.setattr(schedule, "CHANCE_MIN_STEPS", 0)  # judge this short run too
     result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=6, out=str(tmp_path / "m.pth"),
                                plot="none", show_errors=0))
     out = capsys.readouterr().out
