@@ -32,6 +32,7 @@ from training import TrainConfig, TrainResult, label_rules, prepare, save_plot, 
 VIEWS = 4  # perturbed copies that must read like the clean image
 WEAK = Augment(shift=0.03, rotate=2.0, shear=0.05, scale=0.04, brightness=0.1, contrast=0.1, noise=0.02, lines=0.0)
 MIN_SHARE = 0.05  # below this share of stable readings a round is not worth training
+MIN_BUDGET = 10 * 60.0  # default budget of all the rounds together, at least
 MIN_PRECISION = 0.95  # share of the stable validation readings that must be right to trust stable readings
 
 
@@ -97,7 +98,8 @@ def self_train(cfg: TrainConfig) -> TrainResult:
     t0 = time.time()
     with output_lock(base.out):
         images, paths = read_unlabelled(cfg.unlabelled, cfg.recursive, base.data)
-        budget = 60 * cfg.time_budget if cfg.time_budget else default_budget(len(images) + count_labelled(base))
+        n_images = len(images) + count_labelled(base)
+        budget = 60 * cfg.time_budget if cfg.time_budget else max(MIN_BUDGET, default_budget(n_images))
         log(f"self-training: {plural(len(images), 'unlabelled captcha')} in {shown(cfg.unlabelled)}, "
             f"up to {plural(cfg.rounds, 'round')} after the labelled-only one, time budget {budget / 60:.3g} min "
             "for all of them")
