@@ -73,7 +73,7 @@ def crnn_ckpt(tmp_path_factory, digits_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def calibrated_ckpt(tmp_path_factory) -> Path:
-    """The shipped CNN fine-tuned for one epoch on 256 generated captchas, half of them held out:
+    """The shipped model fine-tuned for one epoch on 256 generated captchas, half of them held out:
     training ends by calibrating it on validation answers both right and wrong (fast, slow tests)."""
     data = tmp_path_factory.mktemp("digits256")
     generate(data, 256, seed=12, show=False)

@@ -80,3 +80,14 @@ def test_parallel_chunks_read_like_one_worker_in_order(which, request, digits_di
                                               for r in one]
 
 
+
+
+def test_the_shipped_checkpoint_reads_the_shipped_new_images():
+    """``captcha_recognize.pth`` is what the quick start and several tests rely on: it must be a
+    finished, good model, never an interrupted run's file."""
+    from conftest import ROOT
+    from dataset import list_images, name_text
+    files = list_images([ROOT / "new_images"])
+    readings = CaptchaRecognizer(ROOT / "captcha_recognize.pth").predict_batch(files)
+    right = sum(text == name_text(f) for (text, _), f in zip(readings, files))
+    assert len(files) == 100 and right >= 85  # an unfinished run reads next to none

@@ -43,7 +43,8 @@ def test_self_training_needs_a_validation_split_and_no_resume(tmp_path):
 
 @pytest.mark.slow
 def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, tmp_path, capsys):
-    unlabelled_copy(digits_dir, tmp_path / "unl", 40)
+    generate(tmp_path / "pool", 40, seed=23, show=False)
+    unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 40)
     result = train(TrainConfig(data=[str(digits_dir)], unlabelled=str(tmp_path / "unl"), epochs=1,
                                out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
     out = capsys.readouterr().out
@@ -70,3 +71,12 @@ def test_a_good_model_trains_on_its_stable_pseudo_labels(tmp_path, capsys):
     assert ckpt["config"]["unlabelled"] == str(tmp_path / "unl") and len(ckpt["self_training"]) == 2
     assert ckpt["self_training"][1]["kept"] in (0, 1)
     assert f"{r1['pseudo']} of 60 unlabelled captchas read the same" in capsys.readouterr().out
+
+
+def test_unlabelled_images_that_copy_a_labelled_one_are_left_out(digits_dir, tmp_path):
+    from selftrain import read_unlabelled
+    generate(tmp_path / "pool", 3, seed=24, show=False)
+    truth = unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 3)
+    (tmp_path / "unl" / "copy.png").write_bytes(sorted(digits_dir.iterdir())[0].read_bytes())  # a labelled image again
+    images, paths = read_unlabelled(str(tmp_path / "unl"), False, [str(digits_dir)])
+    assert sorted(p.name for p in paths) == sorted(truth) and len(images) == 3

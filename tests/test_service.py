@@ -40,7 +40,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, calibrated_ckpt) -> dict[str, Path]:
-    """Models of different shapes and formats: the calibrated CNN (.pth), a fresh CRNN (.onnx), and
+    """Models of different shapes and formats: the calibrated shipped CRNN (.pth), a fresh CRNN (.onnx), and
     a fresh CNN whose file the hot-reload test replaces."""
     from export import export_onnx
     d = tmp_path_factory.mktemp("served")
@@ -100,12 +100,13 @@ def test_both_input_forms_and_several_models(server, models, images):
     assert_reads_as(many.json()["results"], digits, "digits")
     listed = {m["name"]: m for m in httpx.get(f"{server}/v1/models").json()}
     assert listed["digits"] | {"loaded_at": None} == {
-        "name": "digits", "arch": "cnn", "alphabet": "0123456789", "length": 4, "format": "pth",
-        "input": {"width": 50, "height": 22, "channels": 3}, "loaded_at": None, "error": None,
+        "name": "digits", "arch": "crnn", "alphabet": "0123456789", "length": None, "format": "pth",
+        "input": {"width": 50, "height": 22, "channels": 1}, "loaded_at": None, "error": None,
         "temperature": CaptchaRecognizer(models["digits"]).temperature,
         "threshold": CaptchaRecognizer(models["digits"]).threshold}
     assert listed["v2"]["arch"] == "crnn" and listed["v2"]["format"] == "onnx" and listed["v2"]["length"] is None
     assert listed["v2"]["input"] == {"width": 100, "height": 32, "channels": 1} and listed["v2"]["threshold"] is None
+    assert (listed["live"]["arch"], listed["live"]["length"], listed["live"]["input"]["channels"]) == ("cnn", 4, 3)
 
 
 @pytest.mark.slow
