@@ -43,8 +43,11 @@ class Calibration:
 
     def describe(self) -> str:
         """One line for the training log."""
-        if self.temperature == 1.0 and self.right in (0, self.n):
-            fit = f"temperature 1 (not fitted: {'all' if self.right else 'none'} of the answers right)"
+        if self.right == 0:
+            fit = "temperature 1 (not fitted: none of the answers right)"
+        elif self.right == self.n:
+            fit = (f"temperature {self.temperature:.3f} (all answers right: the mean confidence is set to "
+                   f"{100 * (self.n + 1) / (self.n + 2):.1f}%, (n+1)/(n+2))")
         else:
             fit = f"temperature {self.temperature:.3f}"
         if self.threshold > 1.0:
@@ -80,11 +83,14 @@ def nll(log_conf: torch.Tensor, correct: torch.Tensor) -> float:
 
 def fit_temperature(logits: torch.Tensor, correct: Sequence[bool], converter: LabelConverter) -> float:
     """The temperature in [T_MIN, T_MAX] with the lowest ``nll`` of the answers being right:
-    a log-spaced grid, then a golden-section search around its best point. 1.0 when all or
-    none of the answers are right (the likelihood then has no minimum inside the range)."""
+    a log-spaced grid, then a golden-section search around its best point. When every answer
+    is right the likelihood only grows as the temperature falls, so the mean confidence is set
+    to the estimated accuracy instead (``all_right_temperature``); 1.0 when none is right."""
     y = torch.tensor(list(correct), dtype=torch.bool)  # (N,)
-    if y.all() or not y.any():
+    if not y.any():
         return 1.0
+    if y.all():
+        return all_right_temperature(logits, converter)
 
     def loss(log_t: float) -> float:
         return nll(converter.log_confidence(logits, math.exp(log_t)), y)
@@ -104,6 +110,21 @@ def fit_temperature(logits: torch.Tensor, correct: Sequence[bool], converter: La
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
             fb = loss(b)
+    return math.exp((lo + hi) / 2)
+
+
+def all_right_temperature(logits: torch.Tensor, converter: LabelConverter) -> float:
+    """For ``n`` validation answers that are all right: the temperature at which their mean
+    confidence is ``(n + 1) / (n + 2)``, Laplace's estimate of the accuracy (the confidence
+    of each answer grows as the temperature falls, so bisection on log T finds it)."""
+    target = (len(logits) + 1) / (len(logits) + 2)
+    lo, hi = math.log(T_MIN), math.log(T_MAX)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if converter.log_confidence(logits, math.exp(mid)).exp().mean().item() > target:
+            lo = mid  # too confident: a higher temperature
+        else:
+            hi = mid
     return math.exp((lo + hi) / 2)
 
 

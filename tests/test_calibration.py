@@ -67,13 +67,18 @@ def test_threshold_keeps_equal_confidences_together_and_can_accept_nothing():
     assert accept_threshold([0.5, 0.4], [False, False], 0.5) == ACCEPT_NONE
 
 
-def test_all_right_keeps_temperature_one_and_accepts_everything():
+def test_all_right_sets_the_mean_confidence_to_the_estimated_accuracy_and_accepts_everything():
     logits = torch.tensor([[[5.0, 0.0]], [[0.0, 3.0]]])  # (2, 1, 2): read "a", "b"
     conv = LabelConverter("ab", 1)
     cal = calibrate(logits, ["a", "b"], conv)
-    assert cal.temperature == 1.0 and cal.threshold == pytest.approx(min(conv.decode(logits)[1]))
+    _, confs = conv.decode(logits, cal.temperature)
+    assert sum(confs) / 2 == pytest.approx(3 / 4, abs=1e-6)  # (n + 1) / (n + 2), from raw 0.99 and 0.95
+    assert cal.threshold == pytest.approx(min(confs), abs=1e-6)
     assert cal.accepted == cal.accepted_right == 2
-    assert "not fitted: all of the answers right" in cal.describe()
+    assert "all answers right: the mean confidence is set to 75.0%" in cal.describe()
+    many = torch.tensor([[[1.0, 0.0]]] * 98)  # (98, 1, 2): a smoothed model, 73% sure of right answers
+    t = fit_temperature(many, [True] * 98, conv)
+    assert t < 1 and conv.decode(many, t)[1][0] == pytest.approx(99 / 100, abs=1e-6)
     assert fit_temperature(logits, [False, False], conv) == 1.0
 
 
