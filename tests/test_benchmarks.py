@@ -106,7 +106,7 @@ def test_contention_benchmark_quick(tmp_path):
     r = run_script("benchmarks/contention.py", "--quick", "--markdown", str(tmp_path / "r.md"), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = table_rows(r.stdout)
-    assert [row[0] for row in rows] == ["libgomp default", "passive (the default now)"]
+    assert [row[0] for row in rows] == ["automatic (the default)", "libgomp default", "passive"]
     for row in rows:
         free, busy, slow = float(row[2]), float(row[3]), float(row[4].rstrip("x"))
         assert free > 0 and busy > 0 and abs(slow - busy / free) < 0.06

@@ -1,0 +1,40 @@
+"""Start-up settings: OpenMP threads wait passively when another program keeps a core busy."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from conftest import ROOT
+
+POLICY = "import runtime, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+SPIN = "import time\nt = time.time() + 20\nwhile time.time() < t:\n    pass\n"
+
+
+def policy_beside_a_busy_core(env: dict[str, str]) -> str:
+    hog = subprocess.Popen([sys.executable, "-c", SPIN])
+    try:
+        time.sleep(0.5)  # the loop is running
+        return subprocess.run([sys.executable, "-c", POLICY], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_a_busy_core_makes_threads_wait_passively_and_a_users_policy_is_kept():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert policy_beside_a_busy_core(env) == "PASSIVE"
+    assert policy_beside_a_busy_core(dict(env, OMP_WAIT_POLICY="ACTIVE")) == "ACTIVE"
+
+
+def test_busy_cores_counts_a_spinning_process():
+    import runtime
+    hog = subprocess.Popen([sys.executable, "-c", SPIN])
+    try:
+        time.sleep(0.5)
+        assert runtime.busy_cores() >= 0.8
+    finally:
+        hog.kill()
+        hog.wait()
