@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 from conftest import ROOT
 
@@ -12,15 +13,22 @@ POLICY = "import runtime, os; print(os.environ.get('OMP_WAIT_POLICY'))"
 SPIN = "import time\nt = time.time() + 20\nwhile time.time() < t:\n    pass\n"
 
 
-def policy_beside_a_busy_core(env: dict[str, str]) -> str:
+@contextmanager
+def busy_core():
+    """Another process spinning on one core while the block runs."""
     hog = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         time.sleep(0.5)  # the loop is running
-        return subprocess.run([sys.executable, "-c", POLICY], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=60).stdout.strip()
+        yield
     finally:
         hog.kill()
         hog.wait()
+
+
+def policy_beside_a_busy_core(env: dict[str, str]) -> str:
+    with busy_core():
+        return subprocess.run([sys.executable, "-c", POLICY], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60).stdout.strip()
 
 
 def test_a_busy_core_makes_threads_wait_passively_and_a_users_policy_is_kept():
@@ -31,10 +39,5 @@ def test_a_busy_core_makes_threads_wait_passively_and_a_users_policy_is_kept():
 
 def test_busy_cores_counts_a_spinning_process():
     import runtime
-    hog = subprocess.Popen([sys.executable, "-c", SPIN])
-    try:
-        time.sleep(0.5)
+    with busy_core():
         assert runtime.busy_cores() >= 0.8
-    finally:
-        hog.kill()
-        hog.wait()
