@@ -46,6 +46,7 @@ SMALL_SET, SMALL_SET_STEPS = 150, 2400  # sets under SMALL_SET training images g
 MIN_EPOCHS = 32  # large sets still get this many passes
 SPLICE = 0.5  # --splice default where it applies (default_splice)
 FEW_IMAGES = 100  # below this many training images, training warns
+SAVE_EVERY = 20.0  # seconds between save points: Ctrl-C loses at most this much training
 
 
 @dataclass
@@ -509,6 +510,9 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     saved: bool = False  # a checkpoint of this run exists
+    saved_at: float = 0.0  # when the last save point was written (time.time())
+    saved_epoch: int = 0  # the epoch it was written after
+    best_unsaved: bool = False  # a new best epoch since then, kept in ``best_state`` only
     given: TrainConfig | None = None  # the config before the data-dependent defaults, for a retry
     can_retry: bool = True  # a run stuck at chance may start once more, changed
     plan_epochs: int = 0  # the planned cycle's length (extensions come after it)
@@ -581,22 +585,30 @@ def validate(model: torch.nn.Module, val: Split, conv: LabelConverter, device: t
     return score(out_p, val.labels), out_p, out_c
 
 
-def save_state(run: Run, epoch: int, improved: bool) -> None:
-    """Rank 0: the best checkpoint when ``improved``, and the resumable latest state."""
+def save_state(run: Run, epoch: int, improved: bool, final: bool = False) -> None:
+    """Rank 0: a save point, the best checkpoint and the resumable latest state written together, after
+    the first epoch, at the end (``final``) and otherwise at most every ``SAVE_EVERY`` seconds. Between
+    save points a new best is kept in memory (``run.best_state``), so the two files always agree."""
     if not run.d.main:
         return
-    config = asdict(run.cfg)
-    extra = {"config": config, "epoch": epoch, "best": run.best, "history": run.history, "n_images": run.n_images,
-             "schedule": {"plan_epochs": run.plan_epochs, "segments": run.segments}}
-    if improved:
-        weights = (run.ema.model if run.ema is not None else run.raw_model).state_dict()
-        atomic_save(checkpoint_dict(weights, run.model_args, run.spec, **extra, optimizer=None, scheduler=None,
-                                    ema=None), run.cfg.out)
+    run.best_unsaved = run.best_unsaved or improved
+    if final and run.saved_epoch == epoch:
+        return
+    if run.saved and not final and time.time() - run.saved_at < SAVE_EVERY:
+        return
+    extra = {"config": asdict(run.cfg), "epoch": epoch, "best": run.best, "history": run.history,
+             "n_images": run.n_images, "schedule": {"plan_epochs": run.plan_epochs, "segments": run.segments}}
+    if run.best_unsaved and run.best_state is not None:
+        best = run.best["epoch"]  # the best file as it was when that epoch ended
+        history = [h for h in run.history if h["epoch"] <= best]
+        atomic_save(checkpoint_dict(run.best_state, run.model_args, run.spec, **{**extra, "epoch": best,
+                                                                                "history": history},
+                                    optimizer=None, scheduler=None, ema=None), run.cfg.out)
     ema = {"model": run.ema.model.state_dict(), "steps": run.ema.steps} if run.ema is not None else None
     atomic_save(checkpoint_dict(run.raw_model.state_dict(), run.model_args, run.spec, **extra,
                                 optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), ema=ema),
                 last_path(run.cfg.out))
-    run.saved = True
+    run.saved, run.saved_at, run.saved_epoch, run.best_unsaved = True, time.time(), epoch, False
 
 
 def run_epoch(run: Run, epoch: int, t0: float) -> None:
@@ -728,7 +740,7 @@ def restore(run: Run, resume: dict[str, Any]) -> None:
         run.ema.steps = resume["ema"]["steps"]
     if Path(run.cfg.out).is_file():
         run.best_state = load_checkpoint(run.cfg.out)["model"]
-    run.saved = True
+    run.saved, run.saved_at, run.saved_epoch = True, time.time(), resume["epoch"]
     run.log(f"resuming at epoch {run.start} of {run.cfg.epochs} from {run.cfg.resume}")
 
 
@@ -817,6 +829,7 @@ def run_schedule(run: Run) -> None:
         if epoch == run.cfg.epochs:
             extend(run, epoch)
         epoch += 1
+    save_state(run, epoch - 1, False, final=True)
 
 
 def describe(run: Run) -> str:

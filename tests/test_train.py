@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,14 +133,48 @@ def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(digits_dir, t
 
 @pytest.fixture
 def interrupted(digits_dir, tmp_path, monkeypatch):
-    """A CNN run of 3 epochs stopped by Ctrl-C after its second epoch: (best, last) checkpoints."""
+    """A CNN run of 3 epochs stopped by Ctrl-C after its second epoch, a save point after each epoch:
+    (best, last) checkpoints."""
+    import training
     out = tmp_path / "run" / "m.pth"
+    monkeypatch.setattr(training, "SAVE_EVERY", 0.0)
     interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=3, batch_size=16, seed=4, out=str(out), plot="none",
                           augment=False, quiet=True))
     monkeypatch.undo()
     return out, out.with_name("m_last.pth")
+
+
+@pytest.mark.slow
+def test_save_points_come_after_the_first_epoch_then_at_most_every_save_every_seconds_and_at_the_end(
+        digits_dir, tmp_path, monkeypatch):
+    import training
+    monkeypatch.setattr(training, "SAVE_EVERY", 3600.0)
+    written = []
+    real = training.atomic_save
+    monkeypatch.setattr(training, "atomic_save", lambda obj, path: (written.append((Path(path).name, obj["epoch"])),
+                                                                     real(obj, path)))
+    out = tmp_path / "m.pth"
+    cfg = dict(data=[str(digits_dir)], arch="cnn", batch_size=16, seed=4, augment=False, quiet=True, plot="none")
+    interrupt_at(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg, epochs=6, out=str(out)))
+    assert written == [("m.pth", 1), ("m_last.pth", 1)]  # epochs 2 and 3 came within the hour
+    assert load_checkpoint(out)["epoch"] == 1 and torch.load(tmp_path / "m_last.pth", weights_only=True)["epoch"] == 1
+
+    monkeypatch.undo()
+    monkeypatch.setattr(training, "SAVE_EVERY", 3600.0)
+    monkeypatch.setattr(training, "atomic_save", lambda obj, path: (written.append((Path(path).name, obj["epoch"])),
+                                                                     real(obj, path)))
+    written.clear()
+    result = train(TrainConfig(**cfg, epochs=4, out=str(tmp_path / "full.pth")))
+    best = result.best["epoch"]
+    assert best >= 3  # the schedule's second half starts afresh at epoch 3
+    last = result.history[-1]["epoch"]  # 4, or more if the schedule was extended
+    assert written == [("full.pth", 1), ("full_last.pth", 1), ("full.pth", best), ("full_last.pth", last)]
+    ckpt = load_checkpoint(tmp_path / "full.pth")  # the best epoch's file, as if written when that epoch ended
+    assert ckpt["epoch"] == best and [h["epoch"] for h in ckpt["history"]] == list(range(1, best + 1))
 
 
 @pytest.mark.slow
