@@ -24,6 +24,7 @@ accuracy first reached ``--target``, and the last test accuracy; the plot the cu
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shlex
 import sys
@@ -204,7 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipe = f"`{shlex.join(extra)}`" if extra else "default-recipe"
     note = (f"Batches of {args.retrain_every}, a {recipe} training after each ({seconds:.0f} s of training in all); "
             f"test split: 20% of each set, never labelled. Curves: `{args.plot}`.")
-    return publish("\n".join(head + rows) + f"\n\n{note}\n\n{machine()}", args.markdown, argv)
+    curves_png = f"\n\n![labelling curves]({plot_link(args.plot, args.markdown)})" if args.markdown else ""
+    return publish("\n".join(head + rows) + f"\n\n{note}{curves_png}\n\n{machine()}", args.markdown, argv)
+
+
+def plot_link(plot: str, markdown: str) -> str:
+    """The plot's path as a link from the markdown file's folder."""
+    return Path(os.path.relpath(Path(plot).resolve(), Path(markdown).resolve().parent)).as_posix()
 
 
 if __name__ == "__main__":

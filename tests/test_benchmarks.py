@@ -139,6 +139,7 @@ def test_labelling_benchmark_quick(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert_names_machine(r.stdout)
     assert "`python benchmarks/labelling.py --quick --plot " in md.read_text()
+    assert "![labelling curves](curves.png)" in md.read_text()  # the plot shown beside its table
 
 
 @pytest.mark.slow
@@ -154,3 +155,44 @@ def test_serve_load_benchmark_quick(tmp_path):
     assert re.search(r"^- generated, 8 clients: p99 [\d.]+ ms \(target < 50 ms: (met|missed)\)", r.stdout, re.M)
     assert_names_machine(r.stdout)
     assert "`python benchmarks/serve_load.py --quick` (" in md.read_text()
+
+
+def test_serve_load_clients_count_every_wrong_or_failed_answer():
+    """The load generator's own HTTP client: a right answer counts, a wrong text, a non-200 and a
+    closed connection are errors, and the clients reconnect after a broken connection."""
+    import asyncio
+    import json
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serve_load import Workload, load
+
+    answers = [(200, "1234"), (200, "9999"), (500, "1234"), None, (200, "1234")]  # None: hang up
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while answers:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+            seen.append(head + await reader.readexactly(length))
+            answer = answers.pop(0)
+            if answer is None:
+                writer.close()
+                return
+            body = json.dumps({"results": [{"text": answer[1]}]}).encode()
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (answer[0], len(body), body))
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            w = Workload("m", ROOT / "x.pth", [b"png-bytes"], ["1234"])
+            return await load(f"http://127.0.0.1:{port}", [w], 1, 10.0, 5)
+    run = asyncio.run(main())
+    assert run.requests == 5 and len(run.errors) == 3
+    assert run.errors[0].startswith("200") and run.errors[1].startswith("500")
+    assert "IncompleteReadError" in run.errors[2]
+    assert all(b"POST /v1/recognize?model=m HTTP/1.1" in s and s.endswith(b"png-bytes\r\n--captchaloadboundary--\r\n")
+               for s in seen)
