@@ -892,8 +892,9 @@ def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
     try:
         run = attempt(cfg, resume, d, device, log, extra, runs)
     except KeyboardInterrupt:
-        log("\ninterrupted: " + (f"best checkpoint so far is {cfg.out}; continue with --resume"
-                                  if runs and runs[-1].saved else "no epoch had finished, nothing was saved"))
+        log("\ninterrupted: " + (f"saved up to epoch {runs[-1].saved_epoch}, the best of them in {cfg.out}; "
+                                  "continue with --resume" if runs and runs[-1].saved
+                                  else "no epoch had finished, nothing was saved"))
         raise
     seconds = time.time() - run.started
     result = (f"best epoch {run.best.get('epoch')}: sequence accuracy {100 * run.best['sequence_accuracy']:.2f}%"

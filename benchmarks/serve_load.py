@@ -110,7 +110,9 @@ def request_bytes(host: str, model: str, body: bytes) -> bytes:
 async def response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """Status and body of the next answer on a keep-alive connection."""
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    length = next(int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:"))
+    length = next((int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:")), None)
+    if length is None:
+        raise ValueError(f"an answer without Content-Length: {head[0]!r}")
     return int(head[0].split()[1]), await reader.readexactly(length)
 
 
@@ -118,9 +120,10 @@ async def client(address: tuple[str, int], requests: Sequence[bytes], expected: 
                  budget: list[int], run: Run) -> None:
     """One client on its own connection: send image after image, each when the previous answer is back.
     Plain asyncio streams rather than an HTTP client library: the load generator shares the two cores
-    with the server, and every millisecond it spends is one the server does not get."""
+    with the server, and every millisecond it spends is one the server does not get. A failed request
+    (refused connection, timeout, broken or wrong answer) is an error, and the next one connects anew."""
     i = k * 7919  # clients start at different images
-    reader, writer = await asyncio.open_connection(*address)
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     try:
         while time.perf_counter() < stop and budget[0] > 0:
             budget[0] -= 1
@@ -129,21 +132,23 @@ async def client(address: tuple[str, int], requests: Sequence[bytes], expected: 
             t0 = time.perf_counter()
             try:
                 async with asyncio.timeout(30):
-                    writer.write(requests[j])
-                    status, body = await response(reader)
-                answer = json.loads(body)
-                ok = status == 200 and answer["results"][0]["text"] == expected[j]
+                    conn = conn or await asyncio.open_connection(*address)
+                    conn[1].write(requests[j])
+                    status, body = await response(conn[0])
+                ok = status == 200 and json.loads(body)["results"][0]["text"] == expected[j]
                 why = "" if ok else f"{status} {body[:80]!r}"
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError,
-                    KeyError, StopIteration) as e:
+                    KeyError) as e:
                 ok, why = False, f"{type(e).__name__}: {e}"[:100]
-                writer.close()  # the connection's state is unknown: start a new one
-                reader, writer = await asyncio.open_connection(*address)
+                if conn is not None:  # the connection's state is unknown: the next request opens a new one
+                    conn[1].close()
+                    conn = None
             run.latencies.append(time.perf_counter() - t0)
             if not ok:
                 run.errors.append(why)
     finally:
-        writer.close()
+        if conn is not None:
+            conn[1].close()
 
 
 async def load(url: str, works: Sequence[Workload], clients: int, seconds: float, max_requests: int) -> Run:

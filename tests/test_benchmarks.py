@@ -167,7 +167,7 @@ def test_serve_load_clients_count_every_wrong_or_failed_answer():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from serve_load import Workload, load
 
-    answers = [(200, "1234"), (200, "9999"), (500, "1234"), None, (200, "1234")]  # None: hang up
+    answers = [(200, "1234"), (200, "9999"), (500, "1234"), None, "no length", (200, "1234")]  # None: hang up
     seen: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -177,6 +177,10 @@ def test_serve_load_clients_count_every_wrong_or_failed_answer():
             seen.append(head + await reader.readexactly(length))
             answer = answers.pop(0)
             if answer is None:
+                writer.close()
+                return
+            if answer == "no length":  # nothing says where the answer ends: an error, and a new connection
+                writer.write(b"HTTP/1.1 200 X\r\n\r\n{}")
                 writer.close()
                 return
             body = json.dumps({"results": [{"text": answer[1]}]}).encode()
@@ -189,10 +193,10 @@ def test_serve_load_clients_count_every_wrong_or_failed_answer():
         port = server.sockets[0].getsockname()[1]
         async with server:
             w = Workload("m", ROOT / "x.pth", [b"png-bytes"], ["1234"])
-            return await load(f"http://127.0.0.1:{port}", [w], 1, 10.0, 5)
+            return await load(f"http://127.0.0.1:{port}", [w], 1, 10.0, 6)
     run = asyncio.run(main())
-    assert run.requests == 5 and len(run.errors) == 3
+    assert run.requests == 6 and len(run.errors) == 4
     assert run.errors[0].startswith("200") and run.errors[1].startswith("500")
-    assert "IncompleteReadError" in run.errors[2]
+    assert "IncompleteReadError" in run.errors[2] and "without Content-Length" in run.errors[3]
     assert all(b"POST /v1/recognize?model=m HTTP/1.1" in s and s.endswith(b"png-bytes\r\n--captchaloadboundary--\r\n")
                for s in seen)

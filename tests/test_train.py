@@ -148,7 +148,7 @@ def interrupted(digits_dir, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_save_points_come_after_the_first_epoch_then_at_most_every_save_every_seconds_and_at_the_end(
-        digits_dir, tmp_path, monkeypatch):
+        digits_dir, tmp_path, monkeypatch, capsys):
     import training
     monkeypatch.setattr(training, "SAVE_EVERY", 3600.0)
     written = []
@@ -159,8 +159,9 @@ def test_save_points_come_after_the_first_epoch_then_at_most_every_save_every_se
     cfg = dict(data=[str(digits_dir)], arch="cnn", batch_size=16, seed=4, augment=False, quiet=True, plot="none")
     interrupt_at(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**cfg, epochs=6, out=str(out)))
+        train(TrainConfig(**{**cfg, "quiet": False}, epochs=6, out=str(out)))
     assert written == [("m.pth", 1), ("m_last.pth", 1)]  # epochs 2 and 3 came within the hour
+    assert f"interrupted: saved up to epoch 1, the best of them in {out}" in capsys.readouterr().out
     assert load_checkpoint(out)["epoch"] == 1 and torch.load(tmp_path / "m_last.pth", weights_only=True)["epoch"] == 1
 
     monkeypatch.undo()
