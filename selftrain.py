@@ -1,6 +1,8 @@
 """Semi-supervised training: self-training on the unlabelled captchas a user already has.
 
-Round 0 trains on the labelled images alone. Each further round reads the unlabelled images
+Round 0 trains on the labelled images alone; with ``--arch auto`` and fewer than ``SMALL_SET``
+labels it is a CRNN, whose one per-column classifier learns from every labelled character at
+every place, where the CNN's position heads each see one character per image. Each further round reads the unlabelled images
 with the best model so far and keeps a reading as a pseudo-label only when it is stable: the
 clean image and ``VIEWS`` slightly perturbed copies (shift, rotation, scale, contrast) all read
 the same text. A fresh model then trains on the labelled images plus those pseudo-labels; the
@@ -27,13 +29,14 @@ from dataset import DataError, LabelledImages, labelled_files, list_images, load
 from recognizer import CaptchaRecognizer, infer
 from runtime import ConfigError
 from schedule import default_budget
-from training import TrainConfig, TrainResult, label_rules, prepare, save_plot, train
+from training import SMALL_SET, TrainConfig, TrainResult, label_rules, prepare, save_plot, train
 
 VIEWS = 4  # perturbed copies that must read like the clean image
 WEAK = Augment(shift=0.03, rotate=2.0, shear=0.05, scale=0.04, brightness=0.1, contrast=0.1, noise=0.02, lines=0.0)
 MIN_SHARE = 0.05  # below this share of stable readings a round is not worth training
 MIN_BUDGET = 10 * 60.0  # default budget of all the rounds together, at least
-MIN_PRECISION = 0.95  # share of the stable validation readings that must be right to trust stable readings
+FIRST_SHARE = 0.4  # share of the budget the labelled-only round may take: the rounds after it train on more images
+MIN_PRECISION = 0.9  # share of the stable validation readings that must be right to trust stable readings
 
 
 def read_unlabelled(folder: str, recursive: bool, labelled: list[str]) -> tuple[list[Image.Image], list[Path]]:
@@ -77,10 +80,10 @@ def stable_precision(rec: CaptchaRecognizer, result: TrainResult, seed: int, len
     return (sum(a == b for a, b in stable) / len(stable) if stable else 0.0), len(stable)
 
 
-def round_config(cfg: TrainConfig, work: Path, r: int, deadline: float) -> TrainConfig:
-    """Round ``r``'s training: its own output, no plot, and what is left of the budget."""
+def round_config(cfg: TrainConfig, work: Path, r: int, deadline: float, share: float = 1.0) -> TrainConfig:
+    """Round ``r``'s training: its own output, no plot, and ``share`` of what is left of the budget."""
     return replace(cfg, unlabelled=None, out=str(work / f"round{r}.pth"), plot="none", resume=None,
-                   time_budget=max(1.0, (deadline - time.time()) / 60))
+                   time_budget=share * max(1.0, (deadline - time.time()) / 60))
 
 
 def self_train(cfg: TrainConfig) -> TrainResult:
@@ -98,13 +101,14 @@ def self_train(cfg: TrainConfig) -> TrainResult:
     t0 = time.time()
     with output_lock(base.out):
         images, paths = read_unlabelled(cfg.unlabelled, cfg.recursive, base.data)
-        n_images = len(images) + count_labelled(base)
+        n_labelled = count_labelled(base)
+        n_images = len(images) + n_labelled
         budget = 60 * cfg.time_budget if cfg.time_budget else max(MIN_BUDGET, default_budget(n_images))
         log(f"self-training: {plural(len(images), 'unlabelled captcha')} in {shown(cfg.unlabelled)}, "
             f"up to {plural(cfg.rounds, 'round')} after the labelled-only one, time budget {budget / 60:.3g} min "
             "for all of them")
         try:
-            best, history = run_rounds(base, cfg.rounds, images, paths, work, log, t0 + budget)
+            best, history = run_rounds(base, n_labelled, cfg.rounds, images, paths, work, log, t0 + budget)
             publish(best, base.out, cfg, history)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -114,12 +118,24 @@ def self_train(cfg: TrainConfig) -> TrainResult:
                        time.time() - t0, best.history, history)
 
 
-def run_rounds(base: TrainConfig, rounds: int, images: list[Image.Image], paths: list[Path], work: Path,
-               log: Callable[..., None], deadline: float) -> tuple[TrainResult, list[dict[str, Any]]]:
+def first_round(base: TrainConfig, n_labelled: int, work: Path, deadline: float) -> tuple[TrainConfig, str]:
+    """The labelled-only round's training (a CRNN under ``SMALL_SET`` labels when the architecture
+    is left to ``auto``), with ``FIRST_SHARE`` of the budget, and the line that announces it."""
+    cfg = round_config(base, work, 0, deadline, FIRST_SHARE)
+    if base.arch == "auto" and n_labelled < SMALL_SET and not base.length and not base.init_from:
+        return replace(cfg, arch="crnn"), (f"round 0: the labelled images alone, as a CRNN (with {n_labelled} labels, "
+                                           f"under {SMALL_SET}, it reads unlabelled captchas better than the CNN; "
+                                           "later rounds choose their own architecture)")
+    return cfg, "round 0: the labelled images alone"
+
+
+def run_rounds(base: TrainConfig, n_labelled: int, rounds: int, images: list[Image.Image], paths: list[Path],
+               work: Path, log: Callable[..., None], deadline: float) -> tuple[TrainResult, list[dict[str, Any]]]:
     """The labelled-only round and the self-training rounds, each with what is left of the budget
     until ``deadline``; returns the kept round and a summary."""
-    log("round 0: the labelled images alone")
-    best = train(round_config(base, work, 0, deadline))
+    first, line = first_round(base, n_labelled, work, deadline)
+    log(line)
+    best = train(first)
     if best.validation is None or not best.validation.labels:
         raise DataError("too few labelled images for a validation split: self-training needs one")
     lengths = labelled_lengths(best)

@@ -1,6 +1,8 @@
 """Self-training on unlabelled captchas: stable readings become pseudo-labels only when they can be trusted."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from checkpoint import load_checkpoint
@@ -8,7 +10,8 @@ from conftest import ROOT
 from dataset import load_images, to_arrays
 from recognizer import CaptchaRecognizer
 from runtime import ConfigError
-from selftrain import stable_readings
+import selftrain
+from selftrain import FIRST_SHARE, SMALL_SET, first_round, stable_readings
 from synthetic import generate
 from training import TrainConfig, train
 
@@ -41,15 +44,29 @@ def test_self_training_needs_a_validation_split_and_no_resume(tmp_path):
         train(TrainConfig(data=["x"], unlabelled="y", resume="z"))
 
 
+def test_the_labelled_only_round_is_a_crnn_only_when_auto_would_see_few_labels(tmp_path):
+    deadline = time.time() + 600
+    few, _ = first_round(TrainConfig(), SMALL_SET - 1, tmp_path, deadline)
+    assert few.arch == "crnn" and 0.9 * FIRST_SHARE * 10 < few.time_budget <= FIRST_SHARE * 10
+    assert first_round(TrainConfig(), SMALL_SET, tmp_path, deadline)[0].arch == "auto"  # enough labels: auto decides
+    for chosen in (TrainConfig(arch="cnn"), TrainConfig(length=4), TrainConfig(init_from="x.pth")):  # the user's call
+        assert first_round(chosen, 10, tmp_path, deadline)[0].arch == chosen.arch
+
+
 @pytest.mark.slow
-def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, tmp_path, capsys):
+def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, tmp_path, capsys, monkeypatch):
     generate(tmp_path / "pool", 40, seed=23, show=False)
     unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 40)
+    rounds = []  # each round's training settings
+    monkeypatch.setattr(selftrain, "train", lambda cfg, **kw: rounds.append(cfg) or train(cfg, **kw))
     result = train(TrainConfig(data=[str(digits_dir)], unlabelled=str(tmp_path / "unl"), epochs=1,
                                out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
     out = capsys.readouterr().out
     assert "pseudo-labels are not confident enough: keeping round 0 (labelled images only)" in out
-    assert [r["round"] for r in result.rounds] == [0] and load_checkpoint(tmp_path / "m.pth")["self_training"][0]["kept"] == 0
+    ckpt = load_checkpoint(tmp_path / "m.pth")
+    assert [r["round"] for r in result.rounds] == [0] and ckpt["self_training"][0]["kept"] == 0
+    assert "as a CRNN (with 64 labels" in out and rounds[0].arch == "crnn"  # few labels: a CRNN reads them
+    assert 0.9 * FIRST_SHARE * 10 < rounds[0].time_budget <= FIRST_SHARE * 10  # its share of the 10 minutes
     assert not (tmp_path / ".m-rounds").exists()  # the rounds' files are gone
 
 
