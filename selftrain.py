@@ -4,9 +4,8 @@ Round 0 trains on the labelled images alone; with ``--arch auto`` and fewer than
 labels it is a CRNN, whose one per-column classifier learns from every labelled character at
 every place, where the CNN's position heads each see one character per image. Each further
 round reads the unlabelled images with the best model so far and keeps a reading as a
-pseudo-label only when it is stable: the
-clean image and ``VIEWS`` slightly perturbed copies (shift, rotation, scale, contrast) all read
-the same text. A fresh model then trains on the labelled images plus those pseudo-labels; the
+pseudo-label only when it is stable: the clean image and ``VIEWS`` slightly perturbed copies
+(shift, rotation, scale, contrast) all read the same text. A fresh model then trains on the labelled images plus those pseudo-labels; the
 validation split stays labelled images only, and a round is kept only if it reads that split at
 least as well as the round before. Too few stable readings, or a worse round, and training stops
 with the better model and says so.
