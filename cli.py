@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from augment import STROKES
 from dataset import CASES
-from schedule import BUDGET_PER_1000, MIN_BUDGET
+from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW
 from selftrain import MIN_BUDGET as SELF_TRAINING_BUDGET
 from calibration import TARGET_PRECISION
 from training import DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
@@ -116,9 +116,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_int, default=3, metavar="N",
                    help="with --unlabelled: self-training rounds after the labelled-only one")
     p.add_argument("--time-budget", type=positive_float, metavar="MINUTES",
-                   help="longest the training may take; the schedule is fitted to it and extended while "
-                        f"validation improves (default: {BUDGET_PER_1000 / 60:g} min per 1000 training images, "
-                        f"at least {MIN_BUDGET / 60:g}; with --unlabelled, for all rounds together, at least "
+                   help="longest the training may take; the schedule is fitted to it, grown to fill it when "
+                        f"validation reads under {100 * STRETCH_BELOW:g}%% halfway, and extended while validation "
+                        f"improves (default: {BUDGET_PER_1000 / 60:g} min per 1000 training images, at least "
+                        f"{MIN_BUDGET / 60:g}; with --unlabelled, for all rounds together, at least "
                         f"{SELF_TRAINING_BUDGET / 60:g}; printed at start)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads (default: one per core, or OMP_NUM_THREADS)")

@@ -2,6 +2,7 @@
 confusions, the mistakes table, the prediction report, and a contact sheet of images."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import Counter
@@ -130,6 +131,19 @@ def format_results(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def caption_font(size: int = 12):
+    """A font that shows any alphabet's captions (Cyrillic too): DejaVu Sans, from the system or the copy
+    matplotlib ships, else Pillow's default."""
+    from PIL import ImageFont
+
+    with contextlib.suppress(OSError):
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        from matplotlib import font_manager
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=False), size)
+    return ImageFont.load_default()
+
+
 def contact_sheet(items: Sequence[tuple[ImageInput, str, str, float]], path: str | os.PathLike,
                   columns: int = 6, tile_h: int = 50) -> None:
     """A PNG grid of images, each captioned ``truth -> prediction (confidence)``."""
@@ -143,11 +157,11 @@ def contact_sheet(items: Sequence[tuple[ImageInput, str, str, float]], path: str
     tile_w = max(160, max((im.width for im, _ in tiles), default=160)) + 8
     rows = max(1, math.ceil(len(tiles) / columns))
     sheet = Image.new("RGB", (tile_w * min(columns, max(1, len(tiles))), rows * (tile_h + 22)), "white")
-    draw = ImageDraw.Draw(sheet)
+    draw, font = ImageDraw.Draw(sheet), caption_font()
     for i, (img, caption) in enumerate(tiles):
         x, y = (i % columns) * tile_w + 4, (i // columns) * (tile_h + 22)
         sheet.paste(img, (x, y + 2))
-        draw.text((x, y + tile_h + 5), caption, fill=(200, 0, 0))
+        draw.text((x, y + tile_h + 4), caption, fill=(200, 0, 0), font=font)
     if not tiles:
-        draw.text((4, 4), "no misread images", fill=(0, 120, 0))
+        draw.text((4, 4), "no misread images", fill=(0, 120, 0), font=font)
     sheet.save(path)

@@ -2,14 +2,18 @@
 further cycles while the validation score still improves, and a check for a run stuck at chance.
 
 The plan is the recipe's step count (``training.default_epochs``). If the first epoch shows that
-the plan would overrun the budget, the schedule is shortened to fit. When the plan ends with the
-validation score still rising (its best over the last quarter beats everything before by at
-least one validation image), another cycle of half the plan's length, at half the peak learning
-rate, follows, as long as the budget allows one; and so on.
+the plan would overrun the budget, the schedule is shortened to fit. A run that reads fewer than
+``STRETCH_BELOW`` of its (at least ``STRETCH_MIN_VAL``) validation images halfway through its plan
+needs more steps than planned: its cycle grows to what the rest of the budget holds (timed by the
+median epoch, as the first carries one-off costs). When the plan ends with the validation score
+still rising (its best over the last quarter beats everything before by at least one validation
+image), another cycle of half the plan's length, at half the peak learning rate, follows, as long
+as the budget allows one; and so on.
 """
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Sequence
 
 import torch
@@ -19,6 +23,8 @@ MIN_BUDGET = 5 * 60.0  # and never less than this
 PCT_START = 0.15  # share of a cycle spent warming up
 EXTEND_SHARE = 0.5  # an extension cycle is this share of the planned epochs
 EXTEND_LR = 0.5  # its peak learning rate, relative to the planned cycle's
+STRETCH_BELOW = 0.9  # validation sequence accuracy halfway through the plan under which the cycle grows
+STRETCH_MIN_VAL = 40  # validation images needed to judge that (on fewer, one image moves it 2.5% or more)
 CHANCE_AT = 0.3  # share of the planned epochs after which a run still at chance is retried
 CHANCE_MIN_STEPS = 400  # plans shorter than this are not judged
 
@@ -51,6 +57,16 @@ def epochs_in_budget(planned: int, done: int, seconds_per_epoch: float, budget_l
     if seconds_per_epoch <= 0:
         return planned
     return max(done + 1, min(planned, done + math.floor(budget_left / seconds_per_epoch)))
+
+
+def grown_epochs(planned: int, done: int, accuracy: float, epoch_times: Sequence[float], budget_left: float) -> int:
+    """Halfway through the plan, after ``done`` epochs: how many the cycle should have. ``planned``,
+    unless validation reads fewer than ``STRETCH_BELOW`` of its images; then as many as the rest of
+    the budget holds, timed by the median epoch after the first (which carries one-off costs)."""
+    if accuracy >= STRETCH_BELOW or not epoch_times:
+        return planned
+    per_epoch = statistics.median(epoch_times[1:] or epoch_times)
+    return max(planned, done + math.floor(budget_left / per_epoch)) if per_epoch > 0 else planned
 
 
 def still_improving(scores: Sequence[float], window: int, one: float) -> bool:

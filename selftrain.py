@@ -81,9 +81,10 @@ def stable_precision(rec: CaptchaRecognizer, result: TrainResult, seed: int, len
 
 
 def round_config(cfg: TrainConfig, work: Path, r: int, deadline: float, share: float = 1.0) -> TrainConfig:
-    """Round ``r``'s training: its own output, no plot, and ``share`` of what is left of the budget."""
+    """Round ``r``'s training: its own output, no plot, and ``share`` of what is left of the budget;
+    its cycle does not grow to fill that share, as the rounds after it need the time."""
     return replace(cfg, unlabelled=None, out=str(work / f"round{r}.pth"), plot="none", resume=None,
-                   time_budget=share * max(1.0, (deadline - time.time()) / 60))
+                   time_budget=share * max(1.0, (deadline - time.time()) / 60), stretch=False)
 
 
 def self_train(cfg: TrainConfig) -> TrainResult:

@@ -82,6 +82,7 @@ class TrainConfig:
     unlabelled: str | None = None  # folder of unlabelled captchas for semi-supervised training (selftrain.py)
     rounds: int = 3  # with unlabelled: self-training rounds after the labelled-only one
     time_budget: float | None = None  # minutes training may take; None: schedule.default_budget
+    stretch: bool = True  # a run far from reading its validation images halfway through grows to fill the budget
     workers: int | None = None  # DataLoader worker processes
     threads: int | None = None  # CPU threads; None: one per core
     amp: str = "auto"  # CUDA mixed precision: auto, bf16, fp16, off
@@ -516,10 +517,12 @@ class Run:
     given: TrainConfig | None = None  # the config before the data-dependent defaults, for a retry
     can_retry: bool = True  # a run stuck at chance may start once more, changed
     plan_epochs: int = 0  # the planned cycle's length (extensions come after it)
+    grown_from: int = 0  # the plan's length before it grew halfway (0: it did not)
     segments: list[list[Any]] = field(default_factory=list)  # [first epoch, epochs, peak lr] per cycle
     budget: float = 0.0  # seconds this process may train
     started: float = 0.0  # when this process started training (time.time())
     epoch_seconds: float = 0.0  # the last epoch's duration
+    epoch_times: list[float] = field(default_factory=list)  # each epoch's duration in this process
     n_images: int = 0  # labelled images read: a resumed run must find as many
 
     @property
@@ -767,6 +770,29 @@ def fit_budget(run: Run, epoch: int) -> None:
         return
     run.log(f"the time budget ({run.budget / 60:.3g} min) holds {n} of the {run.cfg.epochs} planned epochs: "
             f"the schedule is shortened to fit (--time-budget MINUTES for more)")
+    resize_cycle(run, n)
+
+
+def stretch(run: Run, epoch: int) -> None:
+    """At the planned cycle's midpoint: a run that reads fewer than ``schedule.STRETCH_BELOW`` of its
+    validation images needs more steps than planned, so the cycle grows (once) to what the budget holds."""
+    chosen = run.given is None or run.given.epochs is not None  # --epochs (or a resumed run's plan) is kept
+    if chosen or not run.cfg.stretch or run.grown_from or len(run.segments) > 1 \
+            or len(run.val.labels) < schedule.STRETCH_MIN_VAL or epoch != max(2, run.plan_epochs // 2):
+        return
+    acc = run.history[-1].get("sequence_accuracy", 1.0)
+    left = run.budget - (time.time() - run.started)
+    n = agreed(run, schedule.grown_epochs(run.cfg.epochs, epoch, acc, run.epoch_times, left))
+    if n <= run.cfg.epochs:
+        return
+    run.log(f"validation reads {100 * acc:.1f}% halfway through the plan: the schedule grows from "
+            f"{run.cfg.epochs} to {n} epochs, what the time budget ({run.budget / 60:.3g} min) holds")
+    run.grown_from = run.plan_epochs
+    resize_cycle(run, n)
+
+
+def resize_cycle(run: Run, n: int) -> None:
+    """Make the current cycle end after epoch ``n``, at the step it has reached."""
     first, _, peak = run.segments[-1]
     run.segments[-1][1] = n - first + 1
     run.sched = schedule.replan(run.sched, peak, run.segments[-1][1] * len(run.loader))
@@ -777,7 +803,7 @@ def fit_budget(run: Run, epoch: int) -> None:
 def check_chance(run: Run, epoch: int) -> None:
     """A third of the way into the plan (at least 5 epochs), a run still reading no better than guessing starts
     again once: the CNN as a CRNN, a CRNN with a third of the learning rate."""
-    due = max(5, math.ceil(schedule.CHANCE_AT * run.plan_epochs))
+    due = max(5, math.ceil(schedule.CHANCE_AT * (run.grown_from or run.plan_epochs)))  # once, by the first plan
     short = run.plan_epochs * len(run.loader) < schedule.CHANCE_MIN_STEPS  # too short to judge
     if not run.can_retry or short or not run.val.labels or epoch != due or due > run.plan_epochs:
         return
@@ -812,7 +838,8 @@ def extend(run: Run, epoch: int) -> None:
 
 
 def run_schedule(run: Run) -> None:
-    """The epochs: the planned cycle, fitted to the budget, checked for chance, then extended while it pays."""
+    """The epochs: the planned cycle, fitted to the budget, grown when far from done halfway, checked for chance,
+    then extended while it pays."""
     run.started = time.time()
     epoch = run.start
     while epoch <= run.cfg.epochs:
@@ -823,8 +850,10 @@ def run_schedule(run: Run) -> None:
         t = time.time()
         run_epoch(run, epoch, run.started)
         run.epoch_seconds = time.time() - t
+        run.epoch_times.append(run.epoch_seconds)
         if epoch == run.start:
             fit_budget(run, epoch)
+        stretch(run, epoch)
         check_chance(run, epoch)
         if epoch == run.cfg.epochs:
             extend(run, epoch)

@@ -7,6 +7,7 @@ Usage:
     python benchmarks/accuracy.py --quick                           # smoke run on generated captchas
     python benchmarks/accuracy.py --archs crnn --train-args="--ema 0.99"   # a non-default recipe
     python benchmarks/accuracy.py ... --markdown docs/results.md    # also write the table there
+    python benchmarks/accuracy.py ... --errors errors/              # and pictures of the misread test images
 
 For each seed the dataset is split once: 20% is held out as the test split that training never
 touches; the training images (all, or the first N of a seeded shuffle) are trained on with
@@ -37,18 +38,20 @@ from common import DATASETS, machine, publish, split_files
 from calibration import held_out_report
 from cli import HelpFormatter, train_config
 from dataset import infer_alphabet, list_images, load_images, parse_label, to_arrays
-from metrics import score
+from metrics import contact_sheet, score
 from recognizer import CaptchaRecognizer, all_logits, predict_files
 from synthetic import generate
 from training import TrainConfig, TrainResult, train
 
 
 def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
-    """``score`` on ``test``, plus ``wrong``: the misread files as ``name->prediction``."""
+    """``score`` on ``test``, plus ``wrong``: the misread files as ``name->prediction``, and ``misread``:
+    them as ``(path, label, prediction, confidence)`` for a contact sheet."""
     results = predict_files(rec, test)
     preds, labels = [r["prediction"] for r in results], [parse_label(r["path"]) for r in results]
-    wrong = [f"{Path(r['path']).name}->{p}" for r, p, t in zip(results, preds, labels) if p != t]
-    return {**score(preds, labels), "wrong": wrong}
+    misread = [(r["path"], t, p, r["confidence"]) for r, p, t in zip(results, preds, labels) if p != t]
+    wrong = [f"{Path(path).name}->{p}" for path, _, p, _ in misread]
+    return {**score(preds, labels), "wrong": wrong, "misread": misread}
 
 
 def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], test: Sequence[Path]) -> float | None:
@@ -180,6 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="extra torch_model_train.py flags to measure instead of the default recipe, "
                         "e.g. --train-args='--ema 0.99'; shown in the arch column")
     p.add_argument("--markdown", metavar="FILE", help="also write the table into FILE (e.g. docs/results.md)")
+    p.add_argument("--errors", metavar="DIR", help="write a contact sheet of each run's misread test images to "
+                                                   "DIR/<dataset>-<arch>-<train images>-seed<seed>.png")
     return p.parse_args(argv)
 
 
@@ -199,6 +204,10 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
                 chosen = set(train_files)
                 rest = [f for f in pool if f not in chosen]
                 runs.append(run_one(train_files, test, replace(base, arch=arch, seed=seed), workdir, rest))
+                if args.errors:
+                    sheet = Path(args.errors) / f"{name}-{arch}-{len(train_files)}-seed{seed}.png"
+                    sheet.parent.mkdir(parents=True, exist_ok=True)
+                    contact_sheet(runs[-1]["misread"], sheet)
                 print(f"  {name} {arch} n={len(train_files)} seed {seed}: "
                       f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s; "
                       f"wrong: {' '.join(runs[-1]['wrong']) or 'none'}"

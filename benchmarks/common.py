@@ -51,17 +51,21 @@ def machine() -> str:
             f"({torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} threads){gpu}")
 
 
+OUTPUT_FLAGS = ("--markdown", "--errors")  # where results are written, not what is measured
+
+
 def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command that is running, as a user would type it from the repository root."""
+    """The command that is running, as a user would type it from the repository root, without the
+    ``OUTPUT_FLAGS`` that name where its results were written."""
     script = Path(sys.argv[0]).resolve()
     with contextlib.suppress(ValueError):
         script = script.relative_to(ROOT)
     args, kept = list(sys.argv[1:] if argv is None else argv), []
-    while args:  # the command without its --markdown FILE, which names where it was written
+    while args:
         a = args.pop(0)
-        if a == "--markdown":
+        if a in OUTPUT_FLAGS:
             args = args[1:]
-        elif not a.startswith("--markdown="):
+        elif not a.startswith(tuple(f"{flag}=" for flag in OUTPUT_FLAGS)):
             kept.append(a)
     return " ".join(["python", str(script), *map(shlex.quote, kept)])
 

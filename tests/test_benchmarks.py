@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import run_script
 
@@ -40,7 +42,7 @@ def has_onnx() -> bool:
 def test_accuracy_benchmark_quick(tmp_path):
     md = tmp_path / "results.md"
     r = run_script("benchmarks/accuracy.py", "--quick", "--archs", "cnn", "crnn", "auto", "--markdown", str(md),
-                   timeout=600)
+                   "--errors", str(tmp_path / "errors"), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = table_rows(r.stdout)
     archs = [row[1] for row in rows]
@@ -59,9 +61,12 @@ def test_accuracy_benchmark_quick(tmp_path):
         names = [] if wrong == "none" else wrong.split()
         assert all(re.fullmatch(r"\d{4}\.png->\S*", n) for n in names)
         assert len(names) == round(12 * (1 - float(acc) / 100))
+        with Image.open(tmp_path / "errors" / f"generated-{arch}-48-seed0.png") as sheet:  # a picture of them
+            assert sheet.width >= 160 and sheet.height >= 72 * max(1, math.ceil(len(names) / 6))
     assert_names_machine(r.stdout)
     text = md.read_text()  # the table under the command that made it (without where it was written)
-    assert "`python benchmarks/accuracy.py --quick --archs cnn crnn auto` (" in text and "--markdown" not in text
+    assert "`python benchmarks/accuracy.py --quick --archs cnn crnn auto` (" in text
+    assert "--markdown" not in text and "--errors" not in text
     assert all(f"| generated | {a} | 48 |" in text for a in ("cnn", "crnn"))
 
 

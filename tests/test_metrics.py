@@ -63,3 +63,13 @@ def test_contact_sheet_has_one_tile_per_image(tmp_path):
     contact_sheet([(img, "1234", "1284", 0.5)] * 8, tmp_path / "s.png", columns=6)
     with Image.open(tmp_path / "s.png") as sheet:
         assert sheet.size == (6 * 168, 2 * 72)  # 6 columns, 2 rows of 50-pixel tiles with captions
+
+
+def test_contact_sheet_captions_show_cyrillic_labels(tmp_path):
+    img = Image.new("RGB", (100, 40), "white")
+    sheets = []
+    for label in ("282бб", "282дд"):  # a font without Cyrillic draws both as the same empty boxes
+        contact_sheet([(img, label, label, 0.5)], tmp_path / "s.png")
+        with Image.open(tmp_path / "s.png") as sheet:
+            sheets.append(sheet.crop((0, 52, 168, 72)).tobytes())  # the caption strip
+    assert sheets[0] != sheets[1]

@@ -1,10 +1,11 @@
-"""How long training runs: the budget, the extension cycles and the retry of a run stuck at chance."""
+"""How long training runs: the budget, the grown and extension cycles and the retry of a run stuck at chance."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import schedule
+import training
 from checkpoint import load_checkpoint
 from training import TrainConfig, train
 
@@ -18,6 +19,13 @@ def test_epochs_in_budget_shortens_only_what_would_overrun():
     assert schedule.epochs_in_budget(20, 1, 10.0, 1000.0) == 20
     assert schedule.epochs_in_budget(20, 1, 10.0, 55.0) == 6  # 1 done + 5 more fit
     assert schedule.epochs_in_budget(20, 1, 10.0, 0.0) == 2  # at least one more epoch
+
+
+def test_grown_epochs_fill_the_budget_only_when_far_from_done():
+    times = [30.0, 10.0, 12.0, 11.0]  # the first epoch's one-off costs are not counted: median 11 s
+    assert schedule.grown_epochs(8, 4, 0.95, times, 100.0) == 8  # reads well: the plan stands
+    assert schedule.grown_epochs(8, 4, 0.50, times, 100.0) == 4 + 9  # far from done: what 100 s hold
+    assert schedule.grown_epochs(8, 4, 0.50, times, 20.0) == 8  # never shorter than planned
 
 
 @pytest.mark.parametrize("scores, improving", [
@@ -63,6 +71,28 @@ def test_a_run_still_improving_gets_another_cycle_within_its_budget(digits_dir, 
     assert "validation is still improving: 2 more epochs" in capsys.readouterr().out
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6] and len(calls) == 2
     assert load_checkpoint(tmp_path / "m.pth")["config"]["epochs"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given, min_val", [({}, 0), ({"epochs": 4}, 0), ({"stretch": False}, 0), ({}, 40)])
+def test_a_run_far_from_done_halfway_grows_its_planned_cycle(given, min_val, digits_dir, tmp_path, monkeypatch,
+                                                              capsys):
+    calls = []
+    monkeypatch.setattr(schedule, "STRETCH_MIN_VAL", min_val)  # digits_dir has 6 validation images
+    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 4)
+    monkeypatch.setattr(schedule, "grown_epochs", lambda *a: calls.append(a) or 6)
+    monkeypatch.setattr(schedule, "still_improving", lambda *a: False)
+    result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", out=str(tmp_path / "m.pth"), plot="none",
+                               show_errors=0, **given))
+    grown = "halfway through the plan: the schedule grows from 4 to 6 epochs" in capsys.readouterr().out
+    if given or min_val:  # a chosen --epochs, a run that must not grow (self-training rounds) or one with
+        # too few validation images to judge keeps its plan
+        assert not grown and not calls and len(result.history) == 4
+        return
+    assert grown and [a[:2] for a in calls] == [(4, 2)]  # asked once, after epoch 2 of 4
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6]
+    ckpt = load_checkpoint(tmp_path / "m.pth")
+    assert ckpt["config"]["epochs"] == 6 and ckpt["schedule"]["plan_epochs"] == 6
 
 
 @pytest.mark.slow
