@@ -521,13 +521,17 @@ class Run:
     segments: list[list[Any]] = field(default_factory=list)  # [first epoch, epochs, peak lr] per cycle
     budget: float = 0.0  # seconds this process may train
     started: float = 0.0  # when this process started training (time.time())
-    epoch_seconds: float = 0.0  # the last epoch's duration
     epoch_times: list[float] = field(default_factory=list)  # each epoch's duration in this process
     n_images: int = 0  # labelled images read: a resumed run must find as many
 
     @property
     def converter(self) -> LabelConverter:
         return self.spec.converter
+
+    @property
+    def seconds_left(self) -> float:
+        """What is left of this process's time budget."""
+        return self.budget - (time.time() - self.started)
 
 
 def train_epoch(run: Run, epoch: int) -> tuple[float, list[float], int]:
@@ -764,8 +768,7 @@ def agreed(run: Run, value: Any) -> Any:
 
 def fit_budget(run: Run, epoch: int) -> None:
     """After the first epoch: shorten the current cycle if the rest of it would overrun the budget."""
-    left = run.budget - (time.time() - run.started)
-    n = agreed(run, schedule.epochs_in_budget(run.cfg.epochs, epoch, run.epoch_seconds, left))
+    n = agreed(run, schedule.epochs_in_budget(run.cfg.epochs, epoch, run.epoch_times[-1], run.seconds_left))
     if n >= run.cfg.epochs:
         return
     run.log(f"the time budget ({run.budget / 60:.3g} min) holds {n} of the {run.cfg.epochs} planned epochs: "
@@ -781,8 +784,7 @@ def stretch(run: Run, epoch: int) -> None:
             or len(run.val.labels) < schedule.STRETCH_MIN_VAL or epoch != max(2, run.plan_epochs // 2):
         return
     acc = run.history[-1].get("sequence_accuracy", 1.0)
-    left = run.budget - (time.time() - run.started)
-    n = agreed(run, schedule.grown_epochs(run.cfg.epochs, epoch, acc, run.epoch_times, left))
+    n = agreed(run, schedule.grown_epochs(run.cfg.epochs, epoch, acc, run.epoch_times, run.seconds_left))
     if n <= run.cfg.epochs:
         return
     run.log(f"validation reads {100 * acc:.1f}% halfway through the plan: the schedule grows from "
@@ -823,9 +825,8 @@ def extend(run: Run, epoch: int) -> None:
     window = run.segments[-1][1] if len(run.segments) > 1 else max(1, run.plan_epochs // 4)
     if not run.val.labels or not schedule.still_improving(scores, window, 1 / len(run.val.labels)):
         return
-    n = max(1, math.ceil(schedule.EXTEND_SHARE * run.plan_epochs))
-    left = run.budget - (time.time() - run.started)
-    if agreed(run, n * run.epoch_seconds > left):
+    n, left = max(1, math.ceil(schedule.EXTEND_SHARE * run.plan_epochs)), run.seconds_left
+    if agreed(run, n * run.epoch_times[-1] > left):
         run.log(f"validation is still improving, but the time budget ({run.budget / 60:.3g} min) is spent: "
                 "--time-budget MINUTES lets it train longer")
         return
@@ -849,8 +850,7 @@ def run_schedule(run: Run) -> None:
                 part.set_epoch(epoch)
         t = time.time()
         run_epoch(run, epoch, run.started)
-        run.epoch_seconds = time.time() - t
-        run.epoch_times.append(run.epoch_seconds)
+        run.epoch_times.append(time.time() - t)
         if epoch == run.start:
             fit_budget(run, epoch)
         stretch(run, epoch)
