@@ -7,10 +7,12 @@
   per image ``text``, calibrated ``confidence``, ``accept`` and ``model``, plus timing.
 * ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus), ``/docs``.
 
-Concurrent requests for a model are gathered into one forward pass (``Batcher``) that runs in a
-thread, off the event loop. ``Registry`` reloads a model whose file is replaced on disk; a file
-that does not load leaves the old model serving. Images are read by the recognizer's own
-preprocessing (``CaptchaRecognizer.prepare``) after the byte and pixel limits are checked.
+Concurrent requests for a model are gathered into one forward pass (``Batcher``) that decodes
+their images and runs the model in a thread, off the event loop. ``Registry`` reloads a model whose
+file is replaced on disk; a file that does not load leaves the old model serving. Images are read
+by the recognizer's own preprocessing (``CaptchaRecognizer.prepare``) after the byte and pixel
+limits are checked. ``Front``, the ASGI layer ahead of FastAPI, checks the API key, counts every
+request, and answers ``/v1/recognize`` itself; FastAPI serves the rest and the docs.
 """
 from __future__ import annotations
 
@@ -35,14 +37,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from urllib.parse import parse_qs
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 
@@ -53,9 +57,9 @@ from recognizer import CaptchaRecognizer, Prediction
 log = logging.getLogger("captcha.serve")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONFIG_ENV = "CAPTCHA_SERVE_CONFIG"  # how ``--workers N`` hands the configuration to each worker process
-INLINE_BYTES = 65536  # requests this small are decoded on the event loop: a thread hop costs more
 PUBLIC_PATHS = {"/healthz", "/readyz"}  # answered without the API key
-METRIC_PATHS = {"/v1/recognize", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
+RECOGNIZE = "/v1/recognize"
+METRIC_PATHS = {RECOGNIZE, "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
 
 
 @dataclass
@@ -242,8 +246,8 @@ def batch_sizes(max_batch: int) -> list[int]:
 @dataclass
 class Job:
     """One request's images, waiting for a forward pass."""
-    arrays: list[np.ndarray]  # each uint8 (C, H, W) at the model's input size
-    recognizer: CaptchaRecognizer  # the model version that prepared them
+    images: Sequence[bytes]  # encoded: decoded in the forward pass, by ``recognizer``
+    recognizer: CaptchaRecognizer  # the model version the request was given to
     future: asyncio.Future
     queued: float = field(default_factory=time.perf_counter)
 
@@ -251,9 +255,19 @@ class Job:
 @dataclass
 class BatchResult:
     predictions: list[Prediction]
+    decode_ms: float
     queue_ms: float
     model_ms: float
     batch_images: int
+
+
+@dataclass
+class Pass:
+    """What a forward thread hands back: per job its arrays' readings or its ``RequestError``."""
+    readings: list[list[tuple[str, float]] | RequestError]
+    decode_ms: list[float]
+    model_ms: float
+    images: int
 
 
 class Batcher:
@@ -261,11 +275,15 @@ class Batcher:
     up to ``max_wait`` seconds for more, and runs up to ``passes`` of them at once, each in its
     own thread with one torch thread (as ``CaptchaRecognizer.map_chunks`` does: on the CPU one
     core per pass beats all cores per pass, and a busy core does not stall the others). While
-    every thread is busy, new jobs queue up and join the next pass. Jobs prepared by another
-    version of the model (a reload in between) go into a pass of their own, with that version."""
+    every thread is busy, new jobs queue up and join the next pass. The forward thread also decodes
+    the pass's images (``prepare_all``), as ``map_chunks`` does, so that the event loop only speaks
+    HTTP. Jobs given to another version of the model (a reload in between) go into a pass of their
+    own, with that version."""
 
-    def __init__(self, max_batch: int, max_wait: float, on_batch: Callable[[int], None], passes: int = 1):
-        self.max_batch, self.max_wait, self.on_batch = max_batch, max_wait, on_batch
+    def __init__(self, max_batch: int, max_wait: float, on_batch: Callable[[int], None], passes: int = 1,
+                 max_pixels: int | None = None):
+        self.max_batch, self.max_wait, self.on_batch, self.max_pixels = max_batch, max_wait, on_batch, max_pixels
+        self.last_jobs = 0  # jobs in the last pass gathered: more than one means concurrent clients
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.free = asyncio.Semaphore(passes)
         self.passes, self.sizes = passes, batch_sizes(max_batch)
@@ -296,16 +314,17 @@ class Batcher:
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self.executor, run) for _ in range(self.passes)))
 
-    async def submit(self, arrays: list[np.ndarray], rec: CaptchaRecognizer) -> BatchResult:
-        job = Job(arrays, rec, asyncio.get_running_loop().create_future())
+    async def submit(self, images: Sequence[bytes], rec: CaptchaRecognizer) -> BatchResult:
+        """Readings of ``images`` (encoded) by ``rec``; a ``RequestError`` names a bad image."""
+        job = Job(images, rec, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(job)
         return await job.future
 
     async def gather(self, first: Job) -> tuple[list[Job], Job | None]:
         """``first`` and the jobs that join its pass; the job that could not join, if any."""
         loop = asyncio.get_running_loop()
-        wait = self.max_wait if self.running else 0.0  # an idle model runs a lone request at once
-        jobs, n, deadline = [first], len(first.arrays), loop.time() + wait
+        busy = self.running or self.last_jobs > 1  # a lone client's request runs at once
+        jobs, n, deadline = [first], len(first.images), loop.time() + (self.max_wait if busy else 0.0)
         while n < self.max_batch:
             try:
                 job = self.queue.get_nowait()
@@ -317,10 +336,10 @@ class Batcher:
                     job = await asyncio.wait_for(self.queue.get(), wait)
                 except asyncio.TimeoutError:
                     break
-            if job.recognizer is not first.recognizer or n + len(job.arrays) > self.max_batch:
+            if job.recognizer is not first.recognizer or n + len(job.images) > self.max_batch:
                 return jobs, job
             jobs.append(job)
-            n += len(job.arrays)
+            n += len(job.images)
         return jobs, None
 
     async def run(self) -> None:
@@ -330,6 +349,7 @@ class Batcher:
             first = held or await self.queue.get()
             await self.free.acquire()  # jobs that arrive meanwhile join this pass
             jobs, held = await self.gather(first)
+            self.last_jobs = len(jobs)
             task = loop.create_task(self.execute(jobs))
             self.running.add(task)
             task.add_done_callback(self.done)
@@ -339,46 +359,82 @@ class Batcher:
         self.free.release()
 
     async def execute(self, jobs: list[Job]) -> None:
-        """One forward pass for ``jobs``; each future gets its own slice of the answers."""
+        """One forward pass for ``jobs``; each future gets its own slice of the answers, or its error."""
         rec = jobs[0].recognizer
-        arrays = [a for j in jobs for a in j.arrays]
-        n = len(arrays)
-        pad = next((size for size in self.sizes if size >= n), n) - n
-        batch = torch.from_numpy(np.stack(arrays + [np.zeros_like(arrays[0])] * pad))  # (N + pad, C, H, W) uint8
         start = time.perf_counter()
         try:
-            readings = await asyncio.get_running_loop().run_in_executor(self.executor, rec.predict_arrays, batch)
+            done = await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, rec, jobs)
         except Exception as e:  # a model that fails on its input fails these requests only
             log.exception("forward pass failed")
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(RuntimeError(f"forward pass failed: {type(e).__name__}"))
             return
-        model_ms = 1000 * (time.perf_counter() - start)
-        self.on_batch(n)
-        i = 0
+        if done.images:
+            self.on_batch(done.images)
+        for j, readings, decode_ms in zip(jobs, done.readings, done.decode_ms):
+            if j.future.done():  # the client went away
+                continue
+            if isinstance(readings, RequestError):
+                j.future.set_exception(readings)
+            else:
+                mine = [Prediction(t, c, rec.accepts(c)) for t, c in readings]
+                j.future.set_result(BatchResult(mine, decode_ms, 1000 * (start - j.queued), done.model_ms,
+                                                done.images))
+
+    def forward(self, rec: CaptchaRecognizer, jobs: list[Job]) -> Pass:
+        """In a forward thread: decode each job's images, then read them all in one padded pass."""
+        prepared: list[list[np.ndarray] | RequestError] = []
+        decode_ms = []
         for j in jobs:
-            mine = [Prediction(t, c, rec.accepts(c)) for t, c in readings[i:i + len(j.arrays)]]
-            i += len(j.arrays)
-            if not j.future.done():  # not if the client went away
-                j.future.set_result(BatchResult(mine, 1000 * (start - j.queued), model_ms, n))
+            t = time.perf_counter()
+            try:
+                prepared.append(prepare_all(rec, j.images, self.max_pixels))
+            except RequestError as e:
+                prepared.append(e)
+            decode_ms.append(1000 * (time.perf_counter() - t))
+        arrays = [a for p in prepared if not isinstance(p, RequestError) for a in p]
+        n, t = len(arrays), time.perf_counter()
+        if n:
+            pad = next((size for size in self.sizes if size >= n), n) - n
+            batch = torch.from_numpy(np.stack(arrays + [np.zeros_like(arrays[0])] * pad))  # (N + pad, C, H, W) uint8
+            readings = rec.predict_arrays(batch)
+        model_ms = 1000 * (time.perf_counter() - t)
+        out: list[list[tuple[str, float]] | RequestError] = []
+        i = 0
+        for p in prepared:
+            if isinstance(p, RequestError):
+                out.append(p)
+            else:
+                out.append(readings[i:i + len(p)])
+                i += len(p)
+        return Pass(out, decode_ms, model_ms, n)
 
 
 # ------------------------------------------------------------------------ the inputs
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+class ClientGone(Exception):
+    """The client closed the connection before its request was read."""
+
+
+async def read_body(receive: Callable[[], Awaitable[dict]], headers: dict[bytes, bytes], max_bytes: int) -> bytes:
+    """The ASGI request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
     too_big = f"request body over the limit of {max_bytes} bytes (--max-bytes)"
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > max_bytes:
         raise RequestError(413, too_big)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise RequestError(413, too_big)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> tuple[list[bytes], str | None]:
@@ -407,40 +463,30 @@ def b64_image(text: str, index: int) -> bytes:
 
 
 def parse_multipart(content_type: str, body: bytes, max_images: int) -> tuple[list[bytes], str | None]:
-    """Images (every file part, in order) and the ``model`` field of a multipart body, parsed in
-    memory with python-multipart (the body is already within ``--max-bytes``)."""
+    """Images (every file part, in order) and the ``model`` field of a multipart/form-data body
+    (RFC 7578), split in memory: the body is already within ``--max-bytes``."""
     boundary = parse_options_header(content_type)[1].get(b"boundary")
     if not boundary:
         raise RequestError(400, "malformed multipart body: no boundary in its Content-Type")
-    parts: list[tuple[dict[bytes, bytes], bytes]] = []
-    cur: dict[str, Any] = {}
-
-    def header_end() -> None:
-        cur["headers"][cur["field"].lower()] = cur["value"]
-        cur["field"] = cur["value"] = b""
-    callbacks = {
-        "on_part_begin": lambda: cur.update(headers={}, data=[], field=b"", value=b""),
-        "on_header_field": lambda data, a, b: cur.update(field=cur["field"] + data[a:b]),
-        "on_header_value": lambda data, a, b: cur.update(value=cur["value"] + data[a:b]),
-        "on_header_end": header_end,
-        "on_part_data": lambda data, a, b: cur["data"].append(data[a:b]),
-        "on_part_end": lambda: parts.append((cur["headers"], b"".join(cur["data"]))),
-    }
-    try:
-        parser = MultipartParser(boundary, callbacks)
-        parser.write(body)
-        parser.finalize()
-    except FormParserError as e:
-        raise RequestError(400, f"malformed multipart body: {str(e)[:80]}") from None
+    delimiter = b"\r\n--" + boundary
+    body = b"\r\n" + body  # the first delimiter, like the others, then starts a line
+    first, last = body.find(delimiter), body.rfind(delimiter + b"--")
+    if first < 0 or last < 0:
+        raise RequestError(400, "malformed multipart body: its boundary does not open and close it")
     images, model = [], None
-    for headers, data in parts:
+    for part in body[first + len(delimiter):last].split(delimiter):
+        head, blank, data = part.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        if not blank or lines[0].strip(b" \t"):  # the delimiter line may end in spaces only
+            raise RequestError(400, "malformed multipart body: a part without its headers")
+        headers = dict((k.strip().lower(), v.strip()) for k, _, v in (h.partition(b":") for h in lines[1:]))
         _, options = parse_options_header(headers.get(b"content-disposition", b""))
         if b"filename" in options:
             images.append(data)
+            if len(images) > max_images:
+                raise too_many(max_images)
         elif options.get(b"name") == b"model":
             model = data.decode("utf-8", "replace")
-        if len(images) > max_images:
-            raise too_many(max_images)
     return images, model
 
 
@@ -448,16 +494,19 @@ def too_many(limit: int) -> RequestError:
     return RequestError(413, f"too many images in one request: the limit is {limit} (--max-images)")
 
 
-async def request_images(request: Request, cfg: ServeConfig) -> tuple[list[bytes], str | None]:
-    """The images and model name of a recognize request, in either form."""
-    body = await read_body(request, cfg.max_bytes)
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+async def request_images(scope: dict, receive: Callable[[], Awaitable[dict]],
+                         cfg: ServeConfig) -> tuple[list[bytes], str | None]:
+    """The images and model name of a recognize request (ASGI), in either form."""
+    headers = dict(scope["headers"])
+    body = await read_body(receive, headers, cfg.max_bytes)
+    content_type = headers.get(b"content-type", b"").decode("latin-1")
+    kind = content_type.split(";")[0].strip().lower()
     if not body:
         raise RequestError(400, "empty request body: send multipart files or JSON {\"image\": <base64>}")
     if kind == "application/json":
         images, model = parse_json(body)
     elif kind == "multipart/form-data":
-        images, model = parse_multipart(request.headers["content-type"], body, cfg.max_images)
+        images, model = parse_multipart(content_type, body, cfg.max_images)
     else:
         raise RequestError(415, f"unsupported content type {kind or 'none'!r}: send multipart/form-data "
                                 "or application/json")
@@ -465,17 +514,23 @@ async def request_images(request: Request, cfg: ServeConfig) -> tuple[list[bytes
         raise RequestError(400, "no image in the request")
     if len(images) > cfg.max_images:
         raise too_many(cfg.max_images)
-    return images, model or request.query_params.get("model")
+    for i, data in enumerate(images):
+        if not data:
+            raise RequestError(400, f"{image_name(i, len(images))} is empty")
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return images, model or query.get("model", [None])[-1]
 
 
-def prepare_all(rec: CaptchaRecognizer, images: Sequence[bytes], max_pixels: int) -> list[np.ndarray]:
+def image_name(i: int, n: int) -> str:
+    return f"image {i + 1}" if n > 1 else "the image"
+
+
+def prepare_all(rec: CaptchaRecognizer, images: Sequence[bytes], max_pixels: int | None) -> list[np.ndarray]:
     """Each image as model input, through the recognizer's preprocessing; the first bad one is a
     ``RequestError`` naming it."""
     out = []
     for i, data in enumerate(images):
-        what = f"image {i + 1}" if len(images) > 1 else "the image"
-        if not data:
-            raise RequestError(400, f"{what} is empty")
+        what = image_name(i, len(images))
         try:
             out.append(rec.prepare(data, max_pixels))
         except (ImageTooLarge, Image.DecompressionBombError) as e:
@@ -517,12 +572,15 @@ class Metrics:
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
-class Guard:
-    """ASGI middleware: counts and times every HTTP request, and with an API key refuses every
-    path but the health checks without it (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``)."""
+class Front:
+    """The ASGI layer ahead of FastAPI. It counts and times every HTTP request; with an API key it
+    refuses every path but the health checks without it (``X-API-Key: KEY`` or ``Authorization:
+    Bearer KEY``); and it answers ``POST /v1/recognize`` itself (``Service.recognize``), the one
+    path that carries load, leaving the others to FastAPI."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, key: str | None):
-        self.app, self.metrics, self.key = app, metrics, key.encode() if key else None
+    def __init__(self, app: ASGIApp, service: Service, key: str | None):
+        self.app, self.service, self.metrics = app, service, service.metrics
+        self.key = key.encode() if key else None
 
     def authorized(self, scope: dict) -> bool:
         if self.key is None or scope["path"] in PUBLIC_PATHS:
@@ -542,14 +600,25 @@ class Guard:
                 status[0] = message["status"]
             await send(message)
         try:
-            if self.authorized(scope):
-                await self.app(scope, receive, send_status)
+            if not self.authorized(scope):
+                await send_json(send_status, 401, {"error": "missing or wrong API key (send it as the X-API-Key header)"})
+            elif scope["path"] == RECOGNIZE:
+                await self.service.recognize(scope, receive, send_status)
             else:
-                await JSONResponse({"error": "missing or wrong API key (send it as the X-API-Key header)"},
-                                   401)(scope, receive, send_status)
+                await self.app(scope, receive, send_status)
         finally:
             self.metrics.requests.labels(path, str(status[0])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+
+async def send_json(send: Callable[[dict], Awaitable[None]], status: int, payload: Any,
+                    extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """An ASGI JSON response."""
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra]})
+    await send({"type": "http.response.body", "body": body})
 
 
 # --------------------------------------------------------------------------- the app
@@ -570,7 +639,7 @@ class Service:
         passes = self.cfg.passes or (1 if self.cfg.device != "cpu" else os.cpu_count() or 1)
         for name in self.registry.models:
             self.batchers[name] = Batcher(self.cfg.max_batch, self.cfg.max_wait_ms / 1000,
-                                          self.metrics.batch_observer(name), passes)
+                                          self.metrics.batch_observer(name), passes, self.cfg.max_pixels)
             await self.batchers[name].warm(self.registry.models[name].recognizer)
             self.batchers[name].start()
         self.watcher = asyncio.get_running_loop().create_task(self.watch())
@@ -597,23 +666,29 @@ class Service:
                 if m.error is not None and m.error != errors[name]:
                     self.metrics.reloads.labels(name, "failed").inc()
 
-    async def recognize(self, request: Request) -> JSONResponse:
-        """A ``RecognizeResponse``, written as JSON directly (validating our own answer per request costs time)."""
+    async def recognize(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                        send: Callable[[dict], Awaitable[None]]) -> None:
+        """``POST /v1/recognize`` as plain ASGI: a ``RecognizeResponse`` or an ``ErrorResponse``, as JSON
+        (validating our own answer per request costs time)."""
+        if scope["method"] != "POST":
+            return await send_json(send, 405, {"error": "use POST"}, [(b"allow", b"POST")])
         t0 = time.perf_counter()
-        images, name = await request_images(request, self.cfg)
-        model = self.registry.get(name)
-        rec = model.recognizer
-        if sum(map(len, images)) <= INLINE_BYTES:
-            arrays = prepare_all(rec, images, self.cfg.max_pixels)
-        else:
-            arrays = await asyncio.to_thread(prepare_all, rec, images, self.cfg.max_pixels)
-        t1 = time.perf_counter()
-        done = await self.batchers[model.name].submit(arrays, rec)
+        try:
+            images, name = await request_images(scope, receive, self.cfg)
+            model = self.registry.get(name)
+            done = await self.batchers[model.name].submit(images, model.recognizer)
+        except ClientGone:
+            return
+        except RequestError as e:
+            return await send_json(send, e.status, {"error": e.message})
+        except Exception as e:
+            log.exception("recognize failed")
+            return await send_json(send, 500, {"error": f"internal error: {str(e)[:200] or type(e).__name__}"})
         readings = [{"text": p.text, "confidence": p.confidence, "accept": p.accept, "model": model.name}
                     for p in done.predictions]
-        timing = {"decode_ms": 1000 * (t1 - t0), "queue_ms": done.queue_ms, "model_ms": done.model_ms,
+        timing = {"decode_ms": done.decode_ms, "queue_ms": done.queue_ms, "model_ms": done.model_ms,
                   "total_ms": 1000 * (time.perf_counter() - t0), "batch_images": done.batch_images}
-        return JSONResponse({"results": readings, "timing": timing})
+        await send_json(send, 200, {"results": readings, "timing": timing})
 
 
 RECOGNIZE_BODY = {"requestBody": {"required": True, "content": {
@@ -622,11 +697,22 @@ RECOGNIZE_BODY = {"requestBody": {"required": True, "content": {
                  "description": "one or more image files (any field name)"},
         "model": {"type": "string"}}}},
     "application/json": {"schema": RecognizeJSON.model_json_schema()}}}}
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 405, 413, 415)}
 
 
-def create_app(cfg: ServeConfig) -> FastAPI:
-    """The FastAPI app serving ``cfg``; models load in its lifespan (startup)."""
+def recognize_route() -> APIRoute:
+    """``POST /v1/recognize`` as OpenAPI describes it. ``Front`` answers it ahead of FastAPI, so this
+    route is never mounted: it only lends the typed request and answer to ``/docs``."""
+    async def recognize(request: Request) -> RecognizeResponse:
+        """Read one or more images (multipart files, or JSON with base64)."""
+        raise RuntimeError("answered by Front")
+    return APIRoute(RECOGNIZE, recognize, methods=["POST"], response_model=RecognizeResponse, responses=ERRORS,
+                    openapi_extra=RECOGNIZE_BODY)
+
+
+def create_app(cfg: ServeConfig) -> Front:
+    """The ASGI app serving ``cfg``: ``Front`` ahead of the FastAPI app (``.app``), in whose lifespan
+    (startup) the models load."""
     key = cfg.api_key()
     service = Service(cfg)
 
@@ -640,20 +726,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="captcha-recognize", lifespan=lifespan,
                   description="Reads captchas. Confidence is calibrated; `accept` says whether to trust the answer.")
-    app.state.service = service
-
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, e: RequestError) -> JSONResponse:
-        return JSONResponse({"error": e.message}, e.status)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:
         return JSONResponse({"error": f"internal error: {str(e)[:200] or type(e).__name__}"}, 500)
-
-    @app.post("/v1/recognize", response_model=RecognizeResponse, responses=ERRORS, openapi_extra=RECOGNIZE_BODY)
-    async def recognize(request: Request) -> JSONResponse:
-        """Read one or more images (multipart files, or JSON with base64)."""
-        return await service.recognize(request)
 
     @app.get("/v1/models", response_model=list[ModelInfo])
     async def models() -> list[ModelInfo]:
@@ -673,15 +749,20 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     async def metrics() -> Response:
         return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(Guard, metrics=service.metrics, key=key)
-    return app
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                             routes=[recognize_route(), *app.routes])
+        return app.openapi_schema
+    app.openapi = openapi  # type: ignore[method-assign]
+    return Front(app, service, key)  # outside FastAPI's own middleware, which costs time per request
 
 
 def config_to_env(cfg: ServeConfig) -> str:
     return json.dumps(asdict(cfg))
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> Front:
     """The app of each ``--workers`` process: its configuration comes in ``CAPTCHA_SERVE_CONFIG``."""
     return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
 

@@ -55,7 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=positive_int, default=d.max_batch, metavar="N",
                    help="images per forward pass")
     p.add_argument("--max-wait-ms", type=non_negative_float, default=d.max_wait_ms, metavar="MS",
-                   help="how long a forward pass waits for more requests to join it")
+                   help="how long a forward pass waits for more requests to join it, while requests come concurrently "
+                        "(a lone client's request runs at once)")
     p.add_argument("--max-bytes", type=positive_int, default=d.max_bytes, metavar="N", help="request body limit")
     p.add_argument("--max-pixels", type=positive_int, default=d.max_pixels, metavar="N",
                    help="pixels per image, checked on its header before decoding")

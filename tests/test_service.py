@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from conftest import fresh_checkpoint
 from dataset import Preprocess, list_images, parse_label
 from recognizer import CaptchaRecognizer, Prediction
-from service import Batcher, RecognizeResponse, Registry, server_process
+from service import Batcher, RecognizeResponse, Registry, RequestError, parse_multipart, server_process
 
 MAX_BYTES, MAX_PIXELS, MAX_IMAGES = 200_000, 1_000_000, 8
 
@@ -222,12 +222,16 @@ def test_bad_input_is_one_clear_4xx_and_other_requests_are_unaffected(server, mo
 
 
 @pytest.mark.slow
-def test_health_docs_and_metrics(server):
+def test_health_docs_and_metrics(server, images):
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server}/readyz").json() == {"status": "ready", "models": ["digits", "v2", "live"]}
-    assert "/v1/recognize" in httpx.get(f"{server}/openapi.json").json()["paths"]
+    op = httpx.get(f"{server}/openapi.json").json()["paths"]["/v1/recognize"]["post"]  # documented, typed
+    assert set(op["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecognizeResponse")
+    assert httpx.get(f"{server}/v1/recognize").status_code == 405
     assert "swagger" in httpx.get(f"{server}/docs").text.lower()
     httpx.post(f"{server}/v1/recognize", content=b"")
+    httpx.post(f"{server}/v1/recognize", files={"file": ("a.png", images[0].read_bytes())})
     text = httpx.get(f"{server}/metrics").text
     assert metric(text, "captcha_requests_total", path="/v1/recognize", status="400") >= 1
     assert metric(text, "captcha_requests_total", path="/healthz", status="200") >= 1
@@ -338,11 +342,35 @@ def test_a_replaced_model_file_is_reloaded_during_traffic_without_a_failed_reque
     assert "reloaded model live" in log and "previous version keeps serving" in log
 
 
+def test_multipart_bodies_are_split_into_their_files_and_model_field():
+    tricky = b"\x89PNG\r\n\r\n--not-the-boundary\r\n\r\nrest"  # line breaks and dashes inside a file
+    req = httpx.Request("POST", "http://127.0.0.1/", files=[("file", ("a.png", tricky)), ("other", ("b.png", b"x"))],
+                        data={"model": "v2"})
+    assert parse_multipart(req.headers["content-type"], req.read(), 8) == ([tricky, b"x"], "v2")
+    framed = (b'preamble\r\n--b \r\nContent-Disposition: form-data; name="f"; filename="c.png"\r\n\r\nDATA'
+              b"\r\n--b--\r\nepilogue")
+    assert parse_multipart('multipart/form-data; boundary="b"', framed, 8) == ([b"DATA"], None)
+    for content_type, body, phrase in [
+            ("multipart/form-data", framed, "no boundary"),
+            ("multipart/form-data; boundary=b", framed.replace(b"--b--", b"--c--"), "does not open and close"),
+            ("multipart/form-data; boundary=b", b"--b\r\nno blank line\r\n--b--", "without its headers"),
+            ("multipart/form-data; boundary=b", b"--bb\r\nX: y\r\n\r\nDATA\r\n--b--", "without its headers")]:
+        with pytest.raises(RequestError, match=phrase):
+            parse_multipart(content_type, body, 8)
+    with pytest.raises(RequestError, match="too many images"):
+        parse_multipart(req.headers["content-type"], req.read(), 1)
+
+
 class FakeRecognizer:
-    """Reads each image as its first pixel value; records the size of each forward pass."""
+    """Reads each image (one byte) as its value; records the size of each forward pass."""
 
     def __init__(self) -> None:
         self.passes: list[int] = []
+
+    def prepare(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
+        if data == b"?":
+            raise UnidentifiedImageError("not an image")
+        return np.full((1, 2, 2), data[0], np.uint8)
 
     def predict_arrays(self, batch):
         self.passes.append(len(batch))
@@ -360,19 +388,40 @@ def test_the_batcher_gathers_concurrent_jobs_and_returns_each_its_own():
     async def go():
         batcher = Batcher(max_batch=8, max_wait=0.05, on_batch=seen.append)
         batcher.start()
-        jobs = [[np.full((1, 2, 2), 10 * k + i, np.uint8) for i in range(k % 3 + 1)] for k in range(10)]
-        results = await asyncio.gather(*(batcher.submit(j, rec) for j in jobs),
-                                       batcher.submit([np.full((1, 2, 2), 99, np.uint8)], other))
+        jobs = [[bytes([10 * k + i]) for i in range(k % 3 + 1)] for k in range(10)]
+        results = await asyncio.gather(*(batcher.submit(j, rec) for j in jobs), batcher.submit([b"?"], rec),
+                                       batcher.submit([bytes([99])], other), return_exceptions=True)
         await batcher.stop()
         return jobs, results
     jobs, results = asyncio.run(go())
     for job, res in zip(jobs, results):
-        assert [p.text for p in res.predictions] == [str(int(a[0, 0, 0])) for a in job]
+        assert [p.text for p in res.predictions] == [str(a[0]) for a in job]
         assert all(p.accept for p in res.predictions)
+    bad = results[len(jobs)]  # decoded in a pass with others: only its own request fails
+    assert isinstance(bad, RequestError) and bad.status == 400 and "not an image" in bad.message
     assert sum(seen) == sum(len(j) for j in jobs) + 1 and max(seen) <= 8 and len(seen) < 11
     assert set(rec.passes) <= {1, 2, 4, 8} and len(rec.passes) == len(seen) - 1  # padded to few shapes
     assert other.passes == [1] and results[-1].predictions[0].text == "99"  # another model version: its own pass
-    assert all(r.batch_images in seen for r in results)  # the real images of a pass, not its padding
+    assert all(r.batch_images in seen for r in results if not isinstance(r, Exception))  # real images, not padding
+
+
+def test_the_batcher_runs_a_lone_request_at_once_and_waits_for_more_only_under_concurrency():
+    rec = FakeRecognizer()
+
+    async def go():
+        batcher = Batcher(max_batch=8, max_wait=0.5, on_batch=lambda n: None)
+        batcher.start()
+        t0 = time.perf_counter()
+        await batcher.submit([b"\x01"], rec)  # one client: each request runs as it comes, without the wait
+        await batcher.submit([b"\x02"], rec)
+        assert time.perf_counter() - t0 < 0.25
+        await asyncio.gather(*(batcher.submit([bytes([k])], rec) for k in range(3)))  # concurrent clients
+        late = asyncio.create_task(batcher.submit([b"\x05"], rec))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(late, batcher.submit([b"\x06"], rec))  # joins the waiting request's pass
+        await batcher.stop()
+    asyncio.run(go())
+    assert rec.passes == [1, 1, 4, 2]
 
 
 def test_the_registry_keeps_the_old_model_when_the_new_file_does_not_load(fresh_ckpt, tmp_path):
