@@ -66,7 +66,7 @@ METRIC_PATHS = {RECOGNIZE, "/v1/models", "/healthz", "/readyz", "/metrics", "/do
 class ServeConfig:
     """Everything a service process is a function of (the flags of ``torch_model_serve.py``)."""
     models: dict[str, str] = field(default_factory=lambda: {"default": "captcha_recognize.pth"})
-    max_batch: int = 64  # images per forward pass
+    max_batch: int = 64  # images in a model's forward passes at once
     max_wait_ms: float = 2.0  # how long a forward pass waits for more requests to join it
     max_bytes: int = 1_000_000  # request body limit
     max_pixels: int = 4_000_000  # per image, from its header, before decoding
@@ -271,8 +271,9 @@ class Pass:
 
 
 class Batcher:
-    """Gathers the jobs of one model into forward passes of up to ``max_batch`` images, waiting
-    up to ``max_wait`` seconds for more, and runs up to ``passes`` of them at once, each in its
+    """Gathers the jobs of one model into forward passes, waiting up to ``max_wait`` seconds for
+    more, and runs up to ``passes`` of them at once, each of up to ``max_batch / passes`` images
+    (so that a full queue keeps every thread busy, not one with all of it), each in its
     own thread with one torch thread (as ``CaptchaRecognizer.map_chunks`` does: on the CPU one
     core per pass beats all cores per pass, and a busy core does not stall the others). While
     every thread is busy, new jobs queue up and join the next pass. The forward thread also decodes
@@ -286,7 +287,8 @@ class Batcher:
         self.last_jobs = 0  # jobs in the last pass gathered: more than one means concurrent clients
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.free = asyncio.Semaphore(passes)
-        self.passes, self.sizes = passes, batch_sizes(max_batch)
+        self.share = -(-max_batch // passes)  # images per pass at most
+        self.passes, self.sizes = passes, batch_sizes(self.share)
         self.executor = ThreadPoolExecutor(passes, thread_name_prefix="forward", initializer=torch.set_num_threads,
                                            initargs=(1,))
         self.task: asyncio.Task | None = None
@@ -325,7 +327,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         busy = self.running or self.last_jobs > 1  # a lone client's request runs at once
         jobs, n, deadline = [first], len(first.images), loop.time() + (self.max_wait if busy else 0.0)
-        while n < self.max_batch:
+        while n < self.share:
             try:
                 job = self.queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -336,7 +338,7 @@ class Batcher:
                     job = await asyncio.wait_for(self.queue.get(), wait)
                 except asyncio.TimeoutError:
                     break
-            if job.recognizer is not first.recognizer or n + len(job.images) > self.max_batch:
+            if job.recognizer is not first.recognizer or n + len(job.images) > self.share:
                 return jobs, job
             jobs.append(job)
             n += len(job.images)

@@ -53,7 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="server processes, each with all models and cores / N forward passes at once")
     p.add_argument("--max-batch", type=positive_int, default=d.max_batch, metavar="N",
-                   help="images per forward pass")
+                   help="images in a model's forward passes at once, shared equally by its --passes")
     p.add_argument("--max-wait-ms", type=non_negative_float, default=d.max_wait_ms, metavar="MS",
                    help="how long a forward pass waits for more requests to join it, while requests come concurrently "
                         "(a lone client's request runs at once)")

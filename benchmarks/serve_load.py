@@ -14,7 +14,9 @@ clients are a load generator on plain asyncio streams in this process, each send
 (multipart) and waiting for the answer, for ``--duration`` seconds or ``--max-requests`` per
 level; an answer counts as an error unless it is a 200 with the text the model reads in-process.
 In-process rows: ``predict_batch`` over all of the dataset's images (throughput) and ``predict``
-one image at a time (latency); ddddocr (if installed) reads the same bytes one at a time. The
+one image at a time (latency); ddddocr (if installed) reads the same bytes one at a time. Each
+dataset's in-process rows are measured right before its server rows, with the server idle, so
+that a share of in-process throughput compares two measurements of the same minute. The
 soak run keeps ``--soak-clients`` clients on both models for ``--soak`` seconds and samples the
 server's resident memory.
 """
@@ -294,20 +296,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def measure(works: Sequence[Workload], args: argparse.Namespace, log: Path) -> tuple[list[dict], Run | None, list]:
+    """Per dataset its in-process rows, then its server levels right after them, so that both see
+    the same load from outside (the machine's other tenants vary over minutes); then the soak."""
     rows: list[dict[str, Any]] = []
-    for w in works:  # before the server starts, so that nothing competes for the cores
-        rows.append({"dataset": w.name, "reader": "in-process predict_batch", "clients": "-",
-                     **in_process(w, args.duration)})
-        dd = ddddocr_row(w, args.duration)
-        if dd:
-            rows.append({"dataset": w.name, "reader": "ddddocr in-process", "clients": "-", **dd})
-        print(f"  {w.name}: in-process {rows[-1 - bool(dd)]['img_s']:.0f} img/s", file=sys.stderr)
     server = ["--workers", str(args.workers), "--no-access-log", *args.server_args.split()]
     server += [a for w in works for a in ("--model", f"{w.name}={w.model}")]
     soaked, samples = None, []
     with server_process(server, log) as (url, proc):
         asyncio.run(load(url, works, 8, 1.0, 200))  # warm up
         for w in works:
+            rows += in_process_rows(w, args.duration)  # the server is idle meanwhile
             for n in args.clients:
                 r = asyncio.run(load(url, [w], n, args.duration, args.max_requests))
                 rows.append({"dataset": w.name, "reader": "server", "clients": n, **r.row()})
@@ -317,6 +315,16 @@ def measure(works: Sequence[Workload], args: argparse.Namespace, log: Path) -> t
             soaked, samples = asyncio.run(soak(url, proc.pid, works, args.soak_clients, args.soak,
                                                every=max(1.0, args.soak / 18)))
     return rows, soaked, samples
+
+
+def in_process_rows(w: Workload, seconds: float) -> list[dict[str, Any]]:
+    """``predict_batch`` in this process, and ddddocr if it is installed."""
+    rows = [{"dataset": w.name, "reader": "in-process predict_batch", "clients": "-", **in_process(w, seconds)}]
+    dd = ddddocr_row(w, seconds)
+    if dd:
+        rows.append({"dataset": w.name, "reader": "ddddocr in-process", "clients": "-", **dd})
+    print(f"  {w.name}: in-process {rows[0]['img_s']:.0f} img/s", file=sys.stderr)
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,8 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{args.server_args}".rstrip() + "; clients: asyncio streams in the benchmark process on the same "
              "machine, one keep-alive connection each, one image per request (multipart); errors: not a 200 "
              "with the in-process text.",
-             "In-process rows: img/s of predict_batch over all of the dataset's images; p50/p99 of predict "
-             "on one image at a time. ddddocr: one image at a time, bytes in, text out."]
+             "In-process rows (measured right before the dataset's server rows, the server idle): img/s of "
+             "predict_batch over all of the dataset's images; p50/p99 of predict on one image at a time. "
+             "ddddocr: one image at a time, bytes in, text out."]
     table = "\n".join([format_table(rows), "", *targets(rows, soaked, samples), "", *notes, "", machine()])
     return publish(table, args.markdown, argv)
 

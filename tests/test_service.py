@@ -424,6 +424,19 @@ def test_the_batcher_runs_a_lone_request_at_once_and_waits_for_more_only_under_c
     assert rec.passes == [1, 1, 4, 2]
 
 
+def test_several_passes_share_a_full_queue():
+    rec = FakeRecognizer()
+
+    async def go():
+        batcher = Batcher(max_batch=8, max_wait=0.05, on_batch=lambda n: None, passes=2)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([bytes([k])], rec) for k in range(16)))
+        await batcher.stop()
+        return results
+    assert [r.predictions[0].text for r in asyncio.run(go())] == [str(k) for k in range(16)]
+    assert max(rec.passes) == 4 and sum(rec.passes) == 16  # 8 images at once, 4 a pass
+
+
 def test_the_registry_keeps_the_old_model_when_the_new_file_does_not_load(fresh_ckpt, tmp_path):
     live = tmp_path / "m.pth"
     shutil.copy(fresh_ckpt, live)
