@@ -21,6 +21,7 @@ import base64
 import binascii
 import gc
 import hmac
+import io
 import json
 import logging
 import os
@@ -304,13 +305,17 @@ class Batcher:
         self.executor.shutdown(wait=True)
 
     async def warm(self, rec: CaptchaRecognizer) -> None:
-        """Run every padded batch size once on each forward thread, so that the kernels' buffers
-        for each shape are allocated now rather than over the first minutes of traffic."""
+        """Decode a PNG and run every padded batch size once on each forward thread, so that
+        Pillow's decoders load and the kernels' buffers for each shape are allocated now rather
+        than over the first minutes of traffic."""
         pre = rec.spec
         barrier = threading.Barrier(self.passes)  # each thread takes exactly one of the calls
+        png = io.BytesIO()
+        Image.new("L", (pre.width, pre.height), 255).save(png, "PNG")
 
         def run() -> None:
             barrier.wait()
+            rec.prepare(png.getvalue(), self.max_pixels)
             for size in self.sizes:
                 rec.predict_arrays(torch.zeros(size, pre.channels, pre.height, pre.width, dtype=torch.uint8))
         loop = asyncio.get_running_loop()
@@ -673,7 +678,8 @@ class Service:
         """``POST /v1/recognize`` as plain ASGI: a ``RecognizeResponse`` or an ``ErrorResponse``, as JSON
         (validating our own answer per request costs time)."""
         if scope["method"] != "POST":
-            return await send_json(send, 405, {"error": "use POST"}, [(b"allow", b"POST")])
+            return await send_json(send, 405, {"error": f"{scope['method']} is not allowed here: POST the images"},
+                                   [(b"allow", b"POST")])
         t0 = time.perf_counter()
         try:
             images, name = await request_images(scope, receive, self.cfg)

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -228,7 +229,8 @@ def test_health_docs_and_metrics(server, images):
     op = httpx.get(f"{server}/openapi.json").json()["paths"]["/v1/recognize"]["post"]  # documented, typed
     assert set(op["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecognizeResponse")
-    assert httpx.get(f"{server}/v1/recognize").status_code == 405
+    wrong = httpx.get(f"{server}/v1/recognize")
+    assert wrong.status_code == 405 and "POST the images" in wrong.json()["error"]
     assert "swagger" in httpx.get(f"{server}/docs").text.lower()
     httpx.post(f"{server}/v1/recognize", content=b"")
     httpx.post(f"{server}/v1/recognize", files={"file": ("a.png", images[0].read_bytes())})
@@ -435,6 +437,21 @@ def test_several_passes_share_a_full_queue():
         return results
     assert [r.predictions[0].text for r in asyncio.run(go())] == [str(k) for k in range(16)]
     assert max(rec.passes) == 4 and sum(rec.passes) == 16  # 8 images at once, 4 a pass
+
+
+def test_warming_decodes_and_runs_every_padded_size_on_each_forward_thread():
+    rec, seen = FakeRecognizer(), []
+    rec.spec = Preprocess(8, 4, 1)
+    prepare = rec.prepare
+    rec.prepare = lambda data, max_pixels=None: seen.append(threading.get_ident()) or prepare(data, max_pixels)
+
+    async def go():
+        batcher = Batcher(max_batch=8, max_wait=0.0, on_batch=lambda n: None, passes=2)
+        await batcher.warm(rec)
+        await batcher.stop()
+    asyncio.run(go())
+    assert len(seen) == len(set(seen)) == 2  # one PNG decoded on each of the two threads
+    assert sorted(rec.passes) == [1, 1, 2, 2, 4, 4]  # each padded size of a 4-image share, on each
 
 
 def test_the_registry_keeps_the_old_model_when_the_new_file_does_not_load(fresh_ckpt, tmp_path):
