@@ -288,8 +288,8 @@ class Batcher:
         self.last_jobs = 0  # jobs in the last pass gathered: more than one means concurrent clients
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.free = asyncio.Semaphore(passes)
-        self.share = -(-max_batch // passes)  # images per pass at most
-        self.passes, self.sizes = passes, batch_sizes(self.share)
+        self.share = -(-max_batch // passes)  # images per pass at most (a larger request runs whole)
+        self.passes, self.sizes = passes, batch_sizes(max_batch)
         self.executor = ThreadPoolExecutor(passes, thread_name_prefix="forward", initializer=torch.set_num_threads,
                                            initargs=(1,))
         self.task: asyncio.Task | None = None
@@ -546,6 +546,8 @@ def prepare_all(rec: CaptchaRecognizer, images: Sequence[bytes], max_pixels: int
             raise RequestError(400, f"{what} is not an image Pillow can read (PNG, JPEG, GIF, BMP, ...)") from None
         except (OSError, ValueError, SyntaxError) as e:
             raise RequestError(400, f"{what} is truncated or corrupt ({str(e)[:80] or type(e).__name__})") from None
+        except Exception as e:  # whatever else a decoder raises on crafted bytes fails this request only
+            raise RequestError(400, f"{what} cannot be decoded ({type(e).__name__}: {str(e)[:80]})") from None
     return out
 
 
@@ -613,6 +615,8 @@ class Front:
                 await self.service.recognize(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
+        except ClientGone:  # nothing to answer; counted as 499, as nginx does, not as a server error
+            status[0] = 499
         finally:
             self.metrics.requests.labels(path, str(status[0])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)
@@ -620,8 +624,8 @@ class Front:
 
 async def send_json(send: Callable[[dict], Awaitable[None]], status: int, payload: Any,
                     extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """An ASGI JSON response."""
-    body = json.dumps(payload).encode()
+    """An ASGI JSON response; ``ValueError`` before anything is sent if ``payload`` holds NaN or infinity."""
+    body = json.dumps(payload, allow_nan=False).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *extra]})
@@ -686,7 +690,7 @@ class Service:
             model = self.registry.get(name)
             done = await self.batchers[model.name].submit(images, model.recognizer)
         except ClientGone:
-            return
+            raise
         except RequestError as e:
             return await send_json(send, e.status, {"error": e.message})
         except Exception as e:
@@ -696,7 +700,10 @@ class Service:
                     for p in done.predictions]
         timing = {"decode_ms": done.decode_ms, "queue_ms": done.queue_ms, "model_ms": done.model_ms,
                   "total_ms": 1000 * (time.perf_counter() - t0), "batch_images": done.batch_images}
-        await send_json(send, 200, {"results": readings, "timing": timing})
+        try:
+            await send_json(send, 200, {"results": readings, "timing": timing})
+        except ValueError:  # not sent: a confidence that is not a number, from a model that diverged
+            await send_json(send, 500, {"error": "internal error: the model's confidence is not a number"})
 
 
 RECOGNIZE_BODY = {"requestBody": {"required": True, "content": {

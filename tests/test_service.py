@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from conftest import fresh_checkpoint
 from dataset import Preprocess, list_images, parse_label
 from recognizer import CaptchaRecognizer, Prediction
-from service import Batcher, RecognizeResponse, Registry, RequestError, parse_multipart, server_process
+from service import Batcher, RecognizeResponse, Registry, RequestError, parse_multipart, send_json, server_process
 
 MAX_BYTES, MAX_PIXELS, MAX_IMAGES = 200_000, 1_000_000, 8
 
@@ -239,6 +240,24 @@ def test_health_docs_and_metrics(server, images):
     assert metric(text, "captcha_requests_total", path="/healthz", status="200") >= 1
     assert metric(text, "captcha_request_seconds_count", path="/v1/recognize") >= 1
     assert "captcha_batch_images_bucket" in text and "captcha_images_total" in text
+    with socket.create_connection(httpx.URL(server).netloc.decode().split(":")) as gone:  # leaves mid-body
+        gone.sendall(b"POST /v1/recognize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"image\": ")
+    deadline = time.monotonic() + 10
+    while metric(httpx.get(f"{server}/metrics").text, "captcha_requests_total", path="/v1/recognize",
+                 status="499") < 1:
+        assert time.monotonic() < deadline, "a client that left mid-request is not counted as 499"
+        time.sleep(0.1)
+
+
+def test_an_answer_that_is_not_valid_json_is_never_sent():
+    sent = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+    with pytest.raises(ValueError):
+        asyncio.run(send_json(send, 200, {"confidence": float("nan")}))
+    assert sent == []
 
 
 @pytest.mark.slow
@@ -372,6 +391,8 @@ class FakeRecognizer:
     def prepare(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
         if data == b"?":
             raise UnidentifiedImageError("not an image")
+        if data == b"!":
+            raise NotImplementedError("a decoder's own error")
         return np.full((1, 2, 2), data[0], np.uint8)
 
     def predict_arrays(self, batch):
@@ -392,15 +413,17 @@ def test_the_batcher_gathers_concurrent_jobs_and_returns_each_its_own():
         batcher.start()
         jobs = [[bytes([10 * k + i]) for i in range(k % 3 + 1)] for k in range(10)]
         results = await asyncio.gather(*(batcher.submit(j, rec) for j in jobs), batcher.submit([b"?"], rec),
-                                       batcher.submit([bytes([99])], other), return_exceptions=True)
+                                       batcher.submit([b"!"], rec), batcher.submit([bytes([99])], other),
+                                       return_exceptions=True)
         await batcher.stop()
         return jobs, results
     jobs, results = asyncio.run(go())
     for job, res in zip(jobs, results):
         assert [p.text for p in res.predictions] == [str(a[0]) for a in job]
         assert all(p.accept for p in res.predictions)
-    bad = results[len(jobs)]  # decoded in a pass with others: only its own request fails
+    bad, odd = results[len(jobs):len(jobs) + 2]  # decoded in a pass with others: only its own request fails
     assert isinstance(bad, RequestError) and bad.status == 400 and "not an image" in bad.message
+    assert isinstance(odd, RequestError) and odd.status == 400 and "cannot be decoded" in odd.message
     assert sum(seen) == sum(len(j) for j in jobs) + 1 and max(seen) <= 8 and len(seen) < 11
     assert set(rec.passes) <= {1, 2, 4, 8} and len(rec.passes) == len(seen) - 1  # padded to few shapes
     assert other.passes == [1] and results[-1].predictions[0].text == "99"  # another model version: its own pass
@@ -451,7 +474,7 @@ def test_warming_decodes_and_runs_every_padded_size_on_each_forward_thread():
         await batcher.stop()
     asyncio.run(go())
     assert len(seen) == len(set(seen)) == 2  # one PNG decoded on each of the two threads
-    assert sorted(rec.passes) == [1, 1, 2, 2, 4, 4]  # each padded size of a 4-image share, on each
+    assert sorted(rec.passes) == [1, 1, 2, 2, 4, 4, 8, 8]  # each padded size, on each thread
 
 
 def test_the_registry_keeps_the_old_model_when_the_new_file_does_not_load(fresh_ckpt, tmp_path):
