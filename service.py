@@ -68,7 +68,7 @@ class ServeConfig:
     """Everything a service process is a function of (the flags of ``torch_model_serve.py``)."""
     models: dict[str, str] = field(default_factory=lambda: {"default": "captcha_recognize.pth"})
     max_batch: int = 64  # images in a model's forward passes at once
-    max_wait_ms: float = 2.0  # how long a forward pass waits for more requests to join it
+    max_wait_ms: float = 5.0  # how long a forward pass waits at most for more requests to join it
     max_bytes: int = 1_000_000  # request body limit
     max_pixels: int = 4_000_000  # per image, from its header, before decoding
     max_images: int = 64  # per request
@@ -285,7 +285,7 @@ class Batcher:
     def __init__(self, max_batch: int, max_wait: float, on_batch: Callable[[int], None], passes: int = 1,
                  max_pixels: int | None = None):
         self.max_batch, self.max_wait, self.on_batch, self.max_pixels = max_batch, max_wait, on_batch, max_pixels
-        self.last_jobs = 0  # jobs in the last pass gathered: more than one means concurrent clients
+        self.last_jobs = 0  # jobs in the last pass gathered: how many a pass waits for
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.free = asyncio.Semaphore(passes)
         self.share = -(-max_batch // passes)  # images per pass at most (a larger request runs whole)
@@ -328,16 +328,18 @@ class Batcher:
         return await job.future
 
     async def gather(self, first: Job) -> tuple[list[Job], Job | None]:
-        """``first`` and the jobs that join its pass; the job that could not join, if any."""
+        """``first`` and the jobs that join its pass; the job that could not join, if any. Jobs already
+        queued always join; the pass waits (up to ``max_wait``) for more only until it holds as many
+        jobs as the last pass did: under steady load the clients just answered send their next
+        request, and a lone client (one job a pass) never waits."""
         loop = asyncio.get_running_loop()
-        busy = self.running or self.last_jobs > 1  # a lone client's request runs at once
-        jobs, n, deadline = [first], len(first.images), loop.time() + (self.max_wait if busy else 0.0)
+        jobs, n, deadline = [first], len(first.images), loop.time() + self.max_wait
         while n < self.share:
             try:
                 job = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 wait = deadline - loop.time()
-                if wait <= 0:
+                if wait <= 0 or len(jobs) >= self.last_jobs:
                     break
                 try:
                     job = await asyncio.wait_for(self.queue.get(), wait)

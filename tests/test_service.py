@@ -449,6 +449,24 @@ def test_the_batcher_runs_a_lone_request_at_once_and_waits_for_more_only_under_c
     assert rec.passes == [1, 1, 4, 2]
 
 
+def test_a_pass_waits_only_until_it_holds_as_many_requests_as_the_last_pass():
+    rec = FakeRecognizer()
+
+    async def go() -> float:
+        batcher = Batcher(max_batch=8, max_wait=0.5, on_batch=lambda n: None)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit([bytes([k])], rec) for k in range(2)))  # a pass of two requests
+        t0 = time.perf_counter()
+        early = asyncio.create_task(batcher.submit([b"\x05"], rec))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(early, batcher.submit([b"\x06"], rec))  # the second one completes the pass
+        waited = time.perf_counter() - t0
+        await batcher.stop()
+        return waited
+    assert asyncio.run(go()) < 0.25  # not the whole max_wait of 0.5 s
+    assert rec.passes == [2, 2]
+
+
 def test_several_passes_share_a_full_queue():
     rec = FakeRecognizer()
 
