@@ -285,7 +285,7 @@ class Batcher:
     def __init__(self, max_batch: int, max_wait: float, on_batch: Callable[[int], None], passes: int = 1,
                  max_pixels: int | None = None):
         self.max_batch, self.max_wait, self.on_batch, self.max_pixels = max_batch, max_wait, on_batch, max_pixels
-        self.last_jobs = 0  # jobs in the last pass gathered: how many a pass waits for
+        self.answered, self.finished = 0, 0.0  # jobs of the last pass that finished, and when (perf_counter)
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.free = asyncio.Semaphore(passes)
         self.share = -(-max_batch // passes)  # images per pass at most (a larger request runs whole)
@@ -330,16 +330,18 @@ class Batcher:
     async def gather(self, first: Job) -> tuple[list[Job], Job | None]:
         """``first`` and the jobs that join its pass; the job that could not join, if any. Jobs already
         queued always join; the pass waits (up to ``max_wait``) for more only until it holds as many
-        jobs as the last pass did: under steady load the clients just answered send their next
-        request, and a lone client (one job a pass) never waits."""
+        jobs as the last pass that finished answered, as those clients are sending their next request.
+        A request that comes more than ``max_wait`` after that pass ended is no such stream: it runs
+        at once, as does a lone client's (one job a pass)."""
         loop = asyncio.get_running_loop()
+        expect = self.answered if first.queued - self.finished <= self.max_wait else 1
         jobs, n, deadline = [first], len(first.images), loop.time() + self.max_wait
         while n < self.share:
             try:
                 job = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 wait = deadline - loop.time()
-                if wait <= 0 or len(jobs) >= self.last_jobs:
+                if wait <= 0 or len(jobs) >= expect:
                     break
                 try:
                     job = await asyncio.wait_for(self.queue.get(), wait)
@@ -358,7 +360,6 @@ class Batcher:
             first = held or await self.queue.get()
             await self.free.acquire()  # jobs that arrive meanwhile join this pass
             jobs, held = await self.gather(first)
-            self.last_jobs = len(jobs)
             task = loop.create_task(self.execute(jobs))
             self.running.add(task)
             task.add_done_callback(self.done)
@@ -379,6 +380,8 @@ class Batcher:
                 if not j.future.done():
                     j.future.set_exception(RuntimeError(f"forward pass failed: {type(e).__name__}"))
             return
+        finally:
+            self.answered, self.finished = len(jobs), time.perf_counter()
         if done.images:
             self.on_batch(done.images)
         for j, readings, decode_ms in zip(jobs, done.readings, done.decode_ms):

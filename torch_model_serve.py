@@ -56,7 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="images in a model's forward passes at once, shared equally by its --passes")
     p.add_argument("--max-wait-ms", type=non_negative_float, default=d.max_wait_ms, metavar="MS",
                    help="how long a forward pass waits at most for more requests to join it: it waits only until "
-                        "it holds as many requests as the last pass (a lone client's request runs at once)")
+                        "it holds as many requests as the last finished pass answered (a lone client's request runs "
+                        "at once)")
     p.add_argument("--max-bytes", type=positive_int, default=d.max_bytes, metavar="N", help="request body limit")
     p.add_argument("--max-pixels", type=positive_int, default=d.max_pixels, metavar="N",
                    help="pixels per image, checked on its header before decoding")

@@ -41,7 +41,7 @@ from speed import fresh_checkpoint
 from cli import HelpFormatter, non_negative_float, positive_float, positive_int
 from dataset import CHANNELS, MAX_HEIGHT, Preprocess, auto_size, infer_alphabet, list_images, load_images, parse_label
 from recognizer import CaptchaRecognizer
-from service import server_process
+from service import ServeConfig, server_process
 from synthetic import generate
 
 BOUNDARY = "captchaloadboundary"
@@ -192,11 +192,11 @@ def batch_throughput(rec: CaptchaRecognizer, blobs: Sequence[bytes], seconds: fl
 
 
 def in_process(rec: CaptchaRecognizer, w: Workload, seconds: float) -> dict[str, Any]:
-    """``predict_batch`` throughput over all images for ``seconds`` / 2, with the latency of
-    ``predict`` on single images for ``seconds`` / 2."""
+    """The latency of ``predict`` on single images for ``seconds`` / 2, then ``predict_batch``
+    throughput over all images for ``seconds`` / 2."""
     rec.predict_batch(w.blobs[:64])
-    images, took = batch_throughput(rec, w.blobs, seconds / 2)
     single = timed(rec.predict, w.blobs, seconds / 2).row()
+    images, took = batch_throughput(rec, w.blobs, seconds / 2)
     return {**single, "img_s": images / took, "images": images, "seconds": took}
 
 
@@ -323,7 +323,8 @@ def measure(works: Sequence[Workload], args: argparse.Namespace, log: Path) -> t
             images, took = batch_throughput(rec, w.blobs, args.duration / 2)
             batch = mine[0]
             print(f"  {w.name}: in-process {images / took:.0f} img/s after the server rows", file=sys.stderr)
-            batch["img_s"] = (batch["images"] + images) / (batch["seconds"] + took)
+            batch["images"], batch["seconds"] = batch["images"] + images, batch["seconds"] + took
+            batch["img_s"] = batch["images"] / batch["seconds"]
         if args.soak:
             soaked, samples = asyncio.run(soak(url, proc.pid, works, args.soak_clients, args.soak,
                                                every=max(1.0, args.soak / 18)))
@@ -331,9 +332,10 @@ def measure(works: Sequence[Workload], args: argparse.Namespace, log: Path) -> t
 
 
 def in_process_rows(rec: CaptchaRecognizer, w: Workload, seconds: float) -> list[dict[str, Any]]:
-    """``predict_batch`` in this process, and ddddocr if it is installed."""
-    rows = [{"dataset": w.name, "reader": "in-process predict_batch", "clients": "-", **in_process(rec, w, seconds)}]
+    """ddddocr if it is installed, then ``predict_batch`` in this process (its throughput last, right
+    before the server rows); the ``predict_batch`` row comes first in the table."""
     dd = ddddocr_row(w, seconds)
+    rows = [{"dataset": w.name, "reader": "in-process predict_batch", "clients": "-", **in_process(rec, w, seconds)}]
     if dd:
         rows.append({"dataset": w.name, "reader": "ddddocr in-process", "clients": "-", **dd})
     print(f"  {w.name}: in-process {rows[0]['img_s']:.0f} img/s", file=sys.stderr)
@@ -354,13 +356,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         works = [workload(name, folder, workdir) for name, folder in folders.items()]
         rows, soaked, samples = measure(works, args, workdir / "server.log")
-    notes = [f"Server: {args.workers} worker process(es), default batching (--max-batch 64, --max-wait-ms 5) "
+    d = ServeConfig()
+    notes = [f"Server: {args.workers} worker process(es), default batching (--max-batch {d.max_batch}, "
+             f"--max-wait-ms {d.max_wait_ms:g}) "
              f"{args.server_args}".rstrip() + "; clients: asyncio streams in the benchmark process on the same "
              "machine, one keep-alive connection each, one image per request (multipart); errors: not a 200 "
              "with the in-process text.",
              "In-process rows (the server idle): img/s of predict_batch over all of the dataset's images, again "
              "and again for --duration / 2 seconds right before the dataset's server rows and as long right "
-             "after them; p50/p99 of predict on one image at a time. "
+             "after them; requests, p50 and p99: predict on one image at a time. "
              "ddddocr: one image at a time, bytes in, text out."]
     table = "\n".join([format_table(rows), "", *targets(rows, soaked, samples), "", *notes, "", machine()])
     return publish(table, args.markdown, argv)

@@ -430,7 +430,7 @@ def test_the_batcher_gathers_concurrent_jobs_and_returns_each_its_own():
     assert all(r.batch_images in seen for r in results if not isinstance(r, Exception))  # real images, not padding
 
 
-def test_the_batcher_runs_a_lone_request_at_once_and_waits_for_more_only_under_concurrency():
+def test_the_batcher_runs_a_lone_request_at_once_and_a_pass_waits_for_latecomers_under_concurrency():
     rec = FakeRecognizer()
 
     async def go():
@@ -449,22 +449,46 @@ def test_the_batcher_runs_a_lone_request_at_once_and_waits_for_more_only_under_c
     assert rec.passes == [1, 1, 4, 2]
 
 
-def test_a_pass_waits_only_until_it_holds_as_many_requests_as_the_last_pass():
+def test_a_pass_waits_only_until_it_holds_as_many_requests_as_the_last_pass_answered():
     rec = FakeRecognizer()
 
-    async def go() -> float:
-        batcher = Batcher(max_batch=8, max_wait=0.5, on_batch=lambda n: None)
+    async def go() -> tuple[float, float]:
+        batcher = Batcher(max_batch=8, max_wait=0.3, on_batch=lambda n: None)
         batcher.start()
         await asyncio.gather(*(batcher.submit([bytes([k])], rec) for k in range(2)))  # a pass of two requests
         t0 = time.perf_counter()
         early = asyncio.create_task(batcher.submit([b"\x05"], rec))
         await asyncio.sleep(0.05)
         await asyncio.gather(early, batcher.submit([b"\x06"], rec))  # the second one completes the pass
+        paired = time.perf_counter() - t0
+        await asyncio.sleep(0.4)  # longer than max_wait: the clients of that pass are gone
+        t0 = time.perf_counter()
+        await batcher.submit([b"\x07"], rec)
+        lone = time.perf_counter() - t0
+        await batcher.stop()
+        return paired, lone
+    paired, lone = asyncio.run(go())
+    assert paired < 0.2 and lone < 0.2  # neither waits out the max_wait of 0.3 s
+    assert rec.passes == [2, 2, 1]
+
+
+def test_a_pass_does_not_wait_for_the_clients_of_a_pass_still_running():
+    rec = FakeRecognizer()
+
+    async def go() -> float:
+        batcher = Batcher(max_batch=8, max_wait=0.5, on_batch=lambda n: None, passes=2)
+        batcher.start()
+        await batcher.submit([b"\x01"], rec)  # the last pass to finish answered one request
+        running = asyncio.gather(*(batcher.submit([bytes([k])], rec) for k in range(4)))  # fills one pass
+        await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        await batcher.submit([b"\x09"], rec)  # on the other thread, without waiting for those four
         waited = time.perf_counter() - t0
+        await running
         await batcher.stop()
         return waited
-    assert asyncio.run(go()) < 0.25  # not the whole max_wait of 0.5 s
-    assert rec.passes == [2, 2]
+    assert asyncio.run(go()) < 0.25
+    assert rec.passes == [1, 4, 1]
 
 
 def test_several_passes_share_a_full_queue():
