@@ -284,7 +284,7 @@ class Batcher:
 
     def __init__(self, max_batch: int, max_wait: float, on_batch: Callable[[int], None], passes: int = 1,
                  max_pixels: int | None = None):
-        self.max_batch, self.max_wait, self.on_batch, self.max_pixels = max_batch, max_wait, on_batch, max_pixels
+        self.max_wait, self.on_batch, self.max_pixels = max_wait, on_batch, max_pixels
         self.answered, self.finished = 0, 0.0  # jobs of the last pass that finished, and when (perf_counter)
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.free = asyncio.Semaphore(passes)

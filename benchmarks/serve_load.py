@@ -321,10 +321,9 @@ def measure(works: Sequence[Workload], args: argparse.Namespace, log: Path) -> t
                 print(f"  {w.name}: {n} clients {rows[-1]['img_s']:.0f} img/s, p99 {rows[-1]['p99']:.1f} ms, "
                       f"{len(r.errors)} errors", file=sys.stderr)
             images, took = batch_throughput(rec, w.blobs, args.duration / 2)
-            batch = mine[0]
             print(f"  {w.name}: in-process {images / took:.0f} img/s after the server rows", file=sys.stderr)
-            batch["images"], batch["seconds"] = batch["images"] + images, batch["seconds"] + took
-            batch["img_s"] = batch["images"] / batch["seconds"]
+            batch = mine[0]  # its throughput: before and after together
+            batch["img_s"] = (batch["images"] + images) / (batch["seconds"] + took)
         if args.soak:
             soaked, samples = asyncio.run(soak(url, proc.pid, works, args.soak_clients, args.soak,
                                                every=max(1.0, args.soak / 18)))
