@@ -60,6 +60,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONFIG_ENV = "CAPTCHA_SERVE_CONFIG"  # how ``--workers N`` hands the configuration to each worker process
 PUBLIC_PATHS = {"/healthz", "/readyz"}  # answered without the API key
 RECOGNIZE = "/v1/recognize"
+RECOGNIZE_PATHS = {RECOGNIZE, RECOGNIZE + "/"}  # answered alike: a client's trailing slash is no error
 METRIC_PATHS = {RECOGNIZE, "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
 
 
@@ -75,7 +76,8 @@ class ServeConfig:
     api_key_env: str | None = None  # environment variable holding the API key
     reload_interval: float = 1.0  # seconds between checks of the model files
     device: str = "cpu"
-    passes: int | None = None  # forward passes at once per model, one core each (default: all cores; 1 on a GPU)
+    passes: int | None = None  # forward passes at once per model, one core each; None: forward_passes()
+    workers: int = 1  # server processes sharing the machine's cores
 
     def __post_init__(self) -> None:
         bad = [n for n in self.models if not MODEL_NAME.match(n)]
@@ -92,6 +94,12 @@ class ServeConfig:
         if not key:
             raise ValueError(f"--api-key-env {self.api_key_env}: that environment variable is not set or empty")
         return key
+
+    def forward_passes(self) -> int:
+        """``passes``, or by default one per core this process has: cores / ``workers`` (1 on a GPU)."""
+        if self.passes:
+            return self.passes
+        return max(1, (os.cpu_count() or 1) // self.workers) if self.device == "cpu" else 1
 
 
 class RequestError(Exception):
@@ -606,7 +614,8 @@ class Front:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"] if scope["path"] in METRIC_PATHS else "other"  # bounded label values
+        path = RECOGNIZE if scope["path"] in RECOGNIZE_PATHS else (
+            scope["path"] if scope["path"] in METRIC_PATHS else "other")  # bounded label values
         start, status = time.perf_counter(), [500]
 
         async def send_status(message: dict) -> None:
@@ -616,7 +625,7 @@ class Front:
         try:
             if not self.authorized(scope):
                 await send_json(send_status, 401, {"error": "missing or wrong API key (send it as the X-API-Key header)"})
-            elif scope["path"] == RECOGNIZE:
+            elif scope["path"] in RECOGNIZE_PATHS:
                 await self.service.recognize(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
@@ -652,7 +661,7 @@ class Service:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.registry.load_all)
-        passes = self.cfg.passes or (1 if self.cfg.device != "cpu" else os.cpu_count() or 1)
+        passes = self.cfg.forward_passes()
         for name in self.registry.models:
             self.batchers[name] = Batcher(self.cfg.max_batch, self.cfg.max_wait_ms / 1000,
                                           self.metrics.batch_observer(name), passes, self.cfg.max_pixels)

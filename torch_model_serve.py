@@ -75,11 +75,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def config(args: argparse.Namespace) -> ServeConfig:
     models = dict(args.model or [("default", "captcha_recognize.pth")])
-    passes = args.passes or (max(1, (os.cpu_count() or 1) // args.workers) if args.device == "cpu" else 1)
     return ServeConfig(models=models, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                        max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_images=args.max_images,
                        api_key_env=args.api_key_env, reload_interval=args.reload_interval, device=args.device,
-                       passes=passes)
+                       passes=args.passes, workers=args.workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

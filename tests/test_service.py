@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from conftest import fresh_checkpoint
 from dataset import Preprocess, list_images, parse_label
 from recognizer import CaptchaRecognizer, Prediction
-from service import Batcher, RecognizeResponse, Registry, RequestError, parse_multipart, send_json, server_process
+from service import (Batcher, RecognizeResponse, Registry, RequestError, ServeConfig, config_to_env, parse_multipart,
+                     send_json, server_process)
 
 MAX_BYTES, MAX_PIXELS, MAX_IMAGES = 200_000, 1_000_000, 8
 
@@ -94,7 +96,7 @@ def test_both_input_forms_and_several_models(server, models, images):
     r = httpx.post(f"{server}/v1/recognize", files=[("image", (files[0].name, files[0].read_bytes()))],
                    data={"model": "v2"})
     assert_reads_as(r.json()["results"], v2[:1], "v2")
-    one = httpx.post(f"{server}/v1/recognize", json={"image": b64(files[1].read_bytes()), "model": "v2"})
+    one = httpx.post(f"{server}/v1/recognize/", json={"image": b64(files[1].read_bytes()), "model": "v2"})
     assert_reads_as(one.json()["results"], v2[1:2], "v2")
     data_url = "data:image/png;base64," + b64(files[2].read_bytes())
     many = httpx.post(f"{server}/v1/recognize?model=digits", json={"image": [b64(f.read_bytes()) for f in files[:2]]
@@ -295,6 +297,20 @@ def test_bad_start_flags_are_one_line_errors(fresh_ckpt, tmp_path, capsys, monke
         with pytest.raises(SystemExit):
             torch_model_serve.parse_args(["--model", flag])
         assert message in capsys.readouterr().err
+
+
+def test_each_worker_runs_a_pass_per_core_it_has_unless_told(monkeypatch):
+    import torch_model_serve
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    passes = lambda *flags: torch_model_serve.config(torch_model_serve.parse_args(list(flags))).forward_passes()  # noqa: E731
+    assert passes() == 8
+    assert passes("--workers", "2") == 4
+    assert passes("--workers", "16") == 1
+    assert passes("--workers", "2", "--passes", "3") == 3
+    assert passes("--device", "cuda") == 1
+    # each --workers process rebuilds its configuration from the environment, workers included
+    cfg = torch_model_serve.config(torch_model_serve.parse_args(["--workers", "4"]))
+    assert ServeConfig(**json.loads(config_to_env(cfg))).forward_passes() == 2
 
 
 def replace_atomically(src: Path | bytes, dst: Path) -> None:
