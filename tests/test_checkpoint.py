@@ -50,7 +50,7 @@ def load_as_saved(ckpt: dict, saved_args: dict, build_args: dict, tmp_path) -> C
     older = {k: v for k, v in ckpt.items() if k not in ("weights_sha256", "case", "label_map")}  # not saved then
     torch.save({**older, "model_args": saved_args, "model": old.state_dict()}, tmp_path / "old.pth")
     rec = CaptchaRecognizer(tmp_path / "old.pth")
-    loaded = rec.model.state_dict()
+    loaded = build_from_checkpoint(load_checkpoint(tmp_path / "old.pth")).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in old.state_dict().items())
     x = torch.rand(2, build_args["in_channels"], build_args["img_h"], build_args["img_w"]) * 2 - 1
     with torch.no_grad():

@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from checkpoint import ModelSpec, atomic_save, checkpoint_dict
+from dataset import LabelConverter, Preprocess
+from model import ModelConfig, build_model
 from recognizer import CPU_CHUNK, CaptchaRecognizer, infer, predict_files
-from dataset import LabelConverter
 
 
 def test_recognizer_accepts_path_bytes_pil_and_array(fresh_ckpt, digits_dir):
@@ -41,6 +43,27 @@ def test_confidence_is_the_product_of_the_chosen_probabilities(fresh_ckpt, digit
     text, conf = rec.predict(f)
     assert text == "".join(rec.converter.alphabet[k] for k in probs.argmax(-1).tolist())
     assert conf == pytest.approx(probs.max(-1).values.prod().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "crnn"])
+def test_batch_norm_is_folded_into_the_convs_and_reads_as_before(arch, tmp_path):
+    cfg = ModelConfig(arch=arch, n_classes=10, n_positions=4, in_channels=3, img_h=22, img_w=50)
+    model = build_model(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():  # statistics far from the identity, as training leaves them
+        for bn in norms:
+            bn.running_mean.normal_(0, 1, generator=gen)
+            bn.running_var.uniform_(0.2, 3.0, generator=gen)
+            bn.weight.normal_(1, 0.5, generator=gen)
+            bn.bias.normal_(0, 1, generator=gen)
+    atomic_save(checkpoint_dict(model.state_dict(), vars(cfg), ModelSpec(arch, "0123456789", 4, Preprocess(50, 22, 3))),
+                tmp_path / "m.pth")
+    rec = CaptchaRecognizer(tmp_path / "m.pth")
+    assert norms and not any(isinstance(m, torch.nn.BatchNorm2d) for m in rec.model.modules())
+    x = torch.rand(5, 3, 22, 50, generator=gen) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(rec.logits(x), model(x), atol=1e-4)
 
 
 def test_infer_batches_in_order():
