@@ -60,7 +60,7 @@ def train_parser() -> argparse.ArgumentParser:
     benchmarks takes the same ones."""
     p = argparse.ArgumentParser(description="Train a captcha recognizer on file-name-labelled images.",
                                 formatter_class=HelpFormatter)
-    p.add_argument("--data", nargs="*", default=None, metavar="DIR",
+    p.add_argument("--data", nargs="+", default=None, metavar="DIR",
                    help="folders/files of labelled images (default: train_images, unless --synthetic alone)")
     p.add_argument("--arch", choices=["auto", "cnn", "crnn"], default="auto",
                    help="model family; auto: the cnn when every label has one length and the characters sit at "

@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
 
 from dataset import ImageInput, open_image, shown
@@ -146,7 +147,8 @@ def caption_font(size: int = 12):
 
 def contact_sheet(items: Sequence[tuple[ImageInput, str, str, float]], path: str | os.PathLike,
                   columns: int = 6, tile_h: int = 50) -> None:
-    """A PNG grid of images, each captioned ``truth -> prediction (confidence)``."""
+    """A PNG grid of images, each captioned ``truth -> prediction (confidence)``, written
+    atomically as PNG whatever the name's extension."""
     from PIL import Image, ImageDraw
 
     tiles = []
@@ -164,4 +166,9 @@ def contact_sheet(items: Sequence[tuple[ImageInput, str, str, float]], path: str
         draw.text((x, y + tile_h + 4), caption, fill=(200, 0, 0), font=font)
     if not tiles:
         draw.text((4, 4), "no misread images", fill=(0, 120, 0), font=font)
-    sheet.save(path)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}")
+    try:
+        sheet.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ work keeps at least half a core busy as the program starts. A user's own ``OMP_W
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
 import tempfile
 import time
@@ -87,3 +89,22 @@ def check_writable(name: str, path: str | os.PathLike) -> None:
         raise ConfigError(name, f"{path} cannot be written: {folder} is not writable ({e.strerror})") from None
     if Path(path).is_dir():
         raise ConfigError(name, f"{path} is a folder; give a file name")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail now, in one line, if ``host:port`` cannot be listened on (another server has it),
+    rather than after the start-up message. Binds as uvicorn does (``SO_REUSEADDR``)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise ConfigError("port", f"cannot listen on {host}:{port}: {e.strerror}; give another --port") from None
+
+
+def interrupt_on_sigterm() -> None:
+    """``kill``, ``timeout`` or a job scheduler stop the program as Ctrl-C does: it reports what was
+    saved and exits 130, rather than dying without a word."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)

@@ -46,6 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import parse_options_header
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -61,6 +62,7 @@ CONFIG_ENV = "CAPTCHA_SERVE_CONFIG"  # how ``--workers N`` hands the configurati
 PUBLIC_PATHS = {"/healthz", "/readyz"}  # answered without the API key
 RECOGNIZE = "/v1/recognize"
 RECOGNIZE_PATHS = {RECOGNIZE, RECOGNIZE + "/"}  # answered alike: a client's trailing slash is no error
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the folder where worker processes keep their metrics, read at import
 METRIC_PATHS = {RECOGNIZE, "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
 
 
@@ -588,6 +590,13 @@ class Metrics:
         return observe
 
     def text(self) -> bytes:
+        """The exposition: with ``--workers N`` (``MULTIPROC_ENV`` set) the sum over every worker
+        process, as a scrape reaches just one of them; else this app's own counts."""
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client import multiprocess
+            summed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(summed)
+            return generate_latest(summed)
         return generate_latest(self.registry)
 
 
@@ -755,6 +764,10 @@ def create_app(cfg: ServeConfig) -> Front:
 
     app = FastAPI(title="captcha-recognize", lifespan=lifespan,
                   description="Reads captchas. Confidence is calibrated; `accept` says whether to trust the answer.")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:  # unknown path, wrong method
+        return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:

@@ -27,8 +27,10 @@ import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP th
 from checkpoint import CheckpointError
 from cli import HelpFormatter, positive_int, train_config
 from crossread import cross_read, suspects
-from dataset import DataError, labelled_files, load_images
+from dataset import DataError, labelled_files, list_images, load_images, shown
 from labelpage import Session, Settings, create_app
+from recognizer import CaptchaRecognizer
+from runtime import ConfigError, check_port
 from training import label_rules
 
 HOST = "127.0.0.1"
@@ -82,6 +84,16 @@ def cross_read_into(session: Session, args: argparse.Namespace, extra: list[str]
     return len(found)
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """What would otherwise fail only once the page is up, checked before any state is written:
+    the port, images to label, and a checkpoint that loads."""
+    check_port(HOST, args.port)
+    if args.images is not None and not list_images([args.images]):
+        raise DataError(f"no images to label in {shown(Path(args.images))}")
+    if args.checkpoint:
+        CaptchaRecognizer(args.checkpoint)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     extra = shlex.split(args.train_args)
@@ -92,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         arch=args.arch, train_args=extra)
     import uvicorn
     try:
+        check_inputs(args)
         session = Session(settings)
         if mode == "review" and (args.reread or not session.store.size()):
             cross_read_into(session, args, extra)
@@ -100,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     print(f"labelling page: http://{HOST}:{args.port}/ (Ctrl+C stops; the state is kept)", flush=True)

@@ -20,12 +20,14 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from cli import HelpFormatter, non_negative_float, positive_float, positive_int
-from service import CONFIG_ENV, MODEL_NAME, ServeConfig, config_to_env
+from runtime import check_port
+from service import CONFIG_ENV, MODEL_NAME, MULTIPROC_ENV, ServeConfig, config_to_env
 
 WORKER_START_S = 120  # a worker importing torch on a busy machine misses uvicorn's 5 s health pings
 
@@ -91,18 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cfg = config(args)
     try:
+        check_port(args.host, args.port)
         cfg.api_key()
         for name, path in cfg.models.items():  # fail here, in one line, rather than in each worker
             CaptchaRecognizer(path)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError) as e:  # ValueError includes ConfigError
         print(f"error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     run = dict(host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info")
     if args.workers > 1:  # each worker process builds its app from the configuration in the environment
         os.environ[CONFIG_ENV] = config_to_env(cfg)
-        uvicorn.run("service:app_from_env", factory=True, workers=args.workers, **run,
-                    timeout_worker_healthcheck=WORKER_START_S)
+        with tempfile.TemporaryDirectory(prefix="captcha-metrics-") as shared:  # /metrics sums the workers
+            os.environ.setdefault(MULTIPROC_ENV, shared)
+            uvicorn.run("service:app_from_env", factory=True, workers=args.workers, **run,
+                        timeout_worker_healthcheck=WORKER_START_S)
     else:
         uvicorn.run(create_app(cfg), **run)
     return 0

@@ -26,6 +26,7 @@ from training import train
 
 def main(argv: Sequence[str] | None = None) -> int:
     runtime.safe_console()
+    runtime.interrupt_on_sigterm()
     cfg = train_config(argv)
     try:
         train(cfg)

@@ -125,7 +125,7 @@ def test_script_help_lists_defaults(script):
     ("torch_model_train.py", ["--epochs", "0"], "--epochs"), ("torch_model_train.py", ["--epochs", "-3"], "--epochs"),
     ("torch_model_train.py", ["--batch-size", "0"], "--batch-size"), ("torch_model_train.py", ["--lr", "0"], "--lr"),
     ("torch_model_train.py", ["--val-split", "1"], "--val-split"),
-    ("torch_model_train.py", ["--img-size", "8x8"], "--img-size"),
+    ("torch_model_train.py", ["--img-size", "8x8"], "--img-size"), ("torch_model_train.py", ["--data"], "--data"),
     ("torch_model_train.py", ["--arch", "crnn", "--img-size", "64x8"], "--img-size"),
     ("torch_model_train.py", ["--device", "cuda"], "--device"),
     ("torch_model_predict.py", ["--batch-size", "0"], "--batch-size"),

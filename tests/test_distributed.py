@@ -88,6 +88,22 @@ def test_interrupted_run_resumes_where_it_stopped(digits_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_stops_training_like_ctrl_c(digits_dir, tmp_path):
+    out, last = tmp_path / "run.pth", tmp_path / "run_last.pth"
+    proc = subprocess.Popen([sys.executable, "torch_model_train.py", "--data", str(digits_dir), "--epochs", "50",
+                             "--plot", "none", "--out", str(out)], cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.terminate()  # SIGTERM, as kill, timeout and job schedulers send
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted: saved up to epoch" in stdout and "Traceback" not in stderr
+    load_checkpoint(out)
+
+
+@pytest.mark.slow
 def test_synthetic_mode_without_a_folder_and_with_one(digits_dir, tmp_path):
     out = tmp_path / "syn.pth"
     r = run_script("torch_model_train.py", "--synthetic", "64", "--alphabet", "0123456789", "--length", "4",

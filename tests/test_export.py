@@ -92,3 +92,29 @@ def test_export_in_process_carries_the_spec_and_reads_the_same(fresh_ckpt, digit
     assert b.model_spec == a.model_spec
     r = verify(fresh_ckpt, out, [digits_dir])
     assert r["identical"] == r["n"] == 64 and r["max_confidence_diff"] < 1e-4
+
+
+def test_int8_verification_counts_the_readings_pytorch_accepts():
+    from export import verified
+    r = {"n": 100, "identical": 98, "accepted": 62, "accepted_identical": 62}
+    assert verified(r, int8=True)  # the two flips are among readings PyTorch itself is unsure of
+    assert not verified({**r, "accepted_identical": 61}, int8=True)  # one flip among 62 accepted: 98.4%
+    assert not verified(r, int8=False)  # fp32 must read every image alike
+    assert verified({**r, "identical": 100, "accepted_identical": 62}, int8=False)
+    none = {"n": 100, "identical": 98, "accepted": 0, "accepted_identical": 0}
+    assert not verified(none, int8=True)  # nothing accepted: all images count
+    assert verified({**none, "identical": 99}, int8=True)
+
+
+def test_a_rejected_export_does_not_replace_the_file_it_was_to_write(fresh_ckpt, digits_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    import torch_model_export
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the good export of yesterday")
+    monkeypatch.setattr(torch_model_export, "verified", lambda r, int8: False)
+    assert torch_model_export.main([str(fresh_ckpt), "--out", str(out), "--verify", str(digits_dir)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: the ONNX model reads differently from PyTorch; {out} not written"
+    assert out.read_bytes() == b"the good export of yesterday" and sorted(tmp_path.iterdir()) == [out]
+    monkeypatch.undo()
+    assert torch_model_export.main([str(fresh_ckpt), "--out", str(out), "--verify", str(digits_dir)]) == 0
+    assert CaptchaRecognizer(out).arch == CaptchaRecognizer(fresh_ckpt).arch and sorted(tmp_path.iterdir()) == [out]

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from dataset import list_images, parse_label
 from labelpage import Session, Settings, TrainState, create_app, models_dir, read_progress, state_path
+from service import free_port
 from labelstore import Store
 
 CLIENT = {"client": "tab-a"}
@@ -132,6 +133,34 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, code, message", [
+    ("empty", 1, "no images to label in"), ("bad checkpoint", 1, "not a readable PyTorch checkpoint"),
+    ("busy port", 2, "--port: cannot listen on 127.0.0.1:"),
+])
+def test_what_would_stop_the_page_is_one_line_before_it_starts(tmp_path, digits_dir, capsys, monkeypatch, case,
+                                                                 code, message):
+    import socket
+
+    import torch_model_label
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    if case != "empty":
+        shutil.copy(sorted(digits_dir.iterdir())[0], raw / "a.png")
+    argv = [str(raw), "--out", str(tmp_path / "out")]
+    if case == "bad checkpoint":
+        (tmp_path / "x.pth").write_text("not a checkpoint")
+        argv += ["--checkpoint", str(tmp_path / "x.pth")]
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("the page started"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1] if case == "busy port" else free_port()
+        assert torch_model_label.main([*argv, "--port", str(port)]) == code
+    out = capsys.readouterr()
+    assert out.err.strip().splitlines() == [out.err.strip()] and message in out.err and not out.out
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.sqlite").exists()  # no state written
 
 
 @pytest.mark.slow

@@ -33,3 +33,9 @@ def test_no_script_or_benchmark_is_imported_outside_tests():
 
 def test_model_py_holds_only_modules_and_their_config():
     assert imports(ROOT / "model.py") <= {"__future__", "dataclasses", "torch"}
+
+
+def test_every_sample_image_the_readme_names_exists():
+    import re
+    named = set(re.findall(r"(?:new|train)_images/[\w.-]+\.png", (ROOT / "README.md").read_text()))
+    assert named and not [p for p in sorted(named) if not (ROOT / p).is_file()]

@@ -65,6 +65,13 @@ def test_contact_sheet_has_one_tile_per_image(tmp_path):
         assert sheet.size == (6 * 168, 2 * 72)  # 6 columns, 2 rows of 50-pixel tiles with captions
 
 
+def test_contact_sheet_is_a_png_whatever_the_name_says(tmp_path):
+    contact_sheet([(Image.new("RGB", (100, 40), "white"), "1234", "1284", 0.5)], tmp_path / "errors.txt")
+    with Image.open(tmp_path / "errors.txt") as sheet:
+        assert sheet.format == "PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["errors.txt"]  # no temporary file left
+
+
 def test_contact_sheet_captions_show_cyrillic_labels(tmp_path):
     img = Image.new("RGB", (100, 40), "white")
     sheets = []

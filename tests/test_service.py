@@ -234,6 +234,8 @@ def test_health_docs_and_metrics(server, images):
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecognizeResponse")
     wrong = httpx.get(f"{server}/v1/recognize")
     assert wrong.status_code == 405 and "POST the images" in wrong.json()["error"]
+    assert httpx.get(f"{server}/v1/nope").json() == {"error": "Not Found"}  # the same shape on every path
+    assert httpx.post(f"{server}/v1/models").json() == {"error": "Method Not Allowed"}
     assert "swagger" in httpx.get(f"{server}/docs").text.lower()
     httpx.post(f"{server}/v1/recognize", content=b"")
     httpx.post(f"{server}/v1/recognize", files={"file": ("a.png", images[0].read_bytes())})
@@ -263,7 +265,7 @@ def test_an_answer_that_is_not_valid_json_is_never_sent():
 
 
 @pytest.mark.slow
-def test_the_api_key_guards_every_endpoint_but_the_health_checks_in_every_worker(fresh_ckpt, images, tmp_path):
+def test_the_api_key_guards_every_endpoint_but_the_health_checks_and_metrics_sum_the_workers(fresh_ckpt, images, tmp_path):
     key = {"CAPTCHA_TEST_KEY": "s3cret-key"}
     args = ["--model", f"m={fresh_ckpt}", "--api-key-env", "CAPTCHA_TEST_KEY", "--workers", "2"]
     with server_process(args, tmp_path / "log", env=key) as (url, _):
@@ -279,6 +281,9 @@ def test_the_api_key_guards_every_endpoint_but_the_health_checks_in_every_worker
         for _ in range(8):  # new connections, so both worker processes answer
             r = httpx.post(f"{url}/v1/recognize", files=image, headers={"Authorization": "Bearer s3cret-key"})
             assert r.status_code == 200 and r.json()["results"][0]["model"] == "m"
+        for _ in range(6):  # whichever worker answers the scrape, it counts the images both read
+            text = httpx.get(url + "/metrics", headers={"X-API-Key": "s3cret-key"}).text
+            assert re.search(r'^captcha_images_total\{model="m"\} 8\.0$', text, re.M), text
     log = (tmp_path / "log").read_text()
     assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2 and "died" not in log
 
@@ -292,6 +297,13 @@ def test_bad_start_flags_are_one_line_errors(fresh_ckpt, tmp_path, capsys, monke
     monkeypatch.delenv("CAPTCHA_UNSET_KEY", raising=False)
     assert torch_model_serve.main(["--model", f"m={fresh_ckpt}", "--api-key-env", "CAPTCHA_UNSET_KEY"]) == 2
     assert "CAPTCHA_UNSET_KEY" in capsys.readouterr().err
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("the server started"))
+    with socket.socket() as busy:  # another server has the port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert torch_model_serve.main(["--model", f"m={fresh_ckpt}", "--host", "127.0.0.1", "--port", port]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --port: cannot listen on 127.0.0.1:{port}")
     for flag, message in [("../x=m.pth", "model name '../x'"), ("m", "expected NAME=PATH"),
                           ("m=model.txt", "expected a .pth checkpoint or an .onnx export")]:
         with pytest.raises(SystemExit):
