@@ -154,7 +154,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict, loaded with ``weights_only=True`` (pickled code is refused) and checked."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path} (train one with: python torch_model_train.py)")
+        out = "" if path.name == "captcha_recognize.pth" else f" --out {path}"
+        raise CheckpointError(f"no checkpoint at {path} (train one with: python torch_model_train.py{out})")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; text, images, ... are not
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a torch.save file)")
     try:

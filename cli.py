@@ -4,7 +4,7 @@ training flags (used by ``torch_model_train.py`` and by ``--train-args`` elsewhe
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from augment import STROKES
 from dataset import CASES
@@ -20,6 +20,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         return text if "(default" in text or action.default in (None, "") else super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every script's parser: a flag that cannot work is one line naming it, exit 2, rather than the
+    usage block first (``--help`` still prints it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
 
 
 def _number(kind: type, ok: Callable[[float], bool], what: str) -> Callable[[str], float]:
@@ -58,7 +66,7 @@ def image_size(text: str) -> tuple[int, int]:
 def train_parser() -> argparse.ArgumentParser:
     """The flags of ``torch_model_train.py``; ``--train-args`` of check_labels.py and the
     benchmarks takes the same ones."""
-    p = argparse.ArgumentParser(description="Train a captcha recognizer on file-name-labelled images.",
+    p = Parser(description="Train a captcha recognizer on file-name-labelled images.",
                                 formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="+", default=None, metavar="DIR",
                    help="folders/files of labelled images (default: train_images, unless --synthetic alone)")

@@ -15,14 +15,14 @@ import sys
 from typing import Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
-from cli import HelpFormatter, image_size, positive_int
+from cli import HelpFormatter, Parser, image_size, positive_int
 from synthetic import generate
 
 DEFAULT_SETS = (("train_images", 4000, 1), ("new_images", 100, 2))  # folder, count, seed
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Generate file-name-labelled synthetic captchas.",
+    p = Parser(description="Generate file-name-labelled synthetic captchas.",
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", help="folder to write (default: the project's train_images/ and new_images/)")
     p.add_argument("--count", type=positive_int, default=1000, metavar="N", help="images to write with --out")

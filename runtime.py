@@ -86,7 +86,7 @@ def check_writable(name: str, path: str | os.PathLike) -> None:
     try:  # a real write: permission bits say nothing to root, nor about read-only or special file systems
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
-        raise ConfigError(name, f"{path} cannot be written: {folder} is not writable ({e.strerror})") from None
+        raise ConfigError(name, f"{path} cannot be written: writing in {folder} failed ({e.strerror})") from None
     if Path(path).is_dir():
         raise ConfigError(name, f"{path} is a folder; give a file name")
 

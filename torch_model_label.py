@@ -25,7 +25,7 @@ from typing import Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from checkpoint import CheckpointError
-from cli import HelpFormatter, positive_int, train_config
+from cli import HelpFormatter, Parser, positive_int, train_config
 from crossread import cross_read, suspects
 from dataset import DataError, labelled_files, list_images, load_images, shown
 from labelpage import Session, Settings, create_app
@@ -37,7 +37,7 @@ HOST = "127.0.0.1"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Label captchas on a local web page: the model proposes, you confirm.",
+    p = Parser(description="Label captchas on a local web page: the model proposes, you confirm.",
                                 formatter_class=HelpFormatter)
     p.add_argument("images", nargs="?", help="folder of captchas to label (their names do not matter)")
     p.add_argument("--out", metavar="DIR", help="folder the labelled copies are written to")

@@ -249,7 +249,11 @@ def with_resumed(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     settings (those that differ from ``TrainConfig``'s defaults) on top."""
     if cfg.resume is None:
         return cfg, None
-    path = cfg.resume or last_path(input_defaults(cfg).out)
+    out = input_defaults(cfg).out
+    path = cfg.resume or last_path(out)
+    if cfg.resume == "" and not Path(path).is_file() and Path(out).is_file():
+        raise CheckpointError(f"no resume file at {path}: a run that finished leaves none; start a new run from "
+                              f"its weights with --init-from {out}")
     ckpt = load_checkpoint(path)
     if ckpt.get("optimizer") is None:
         last = last_path(path)

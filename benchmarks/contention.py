@@ -13,19 +13,17 @@ while before sleeping; the busy process is a bounded pure-Python loop pinned to 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
 from common import ROOT, machine, publish
 
-from cli import HelpFormatter, positive_int
+from cli import HelpFormatter, Parser, positive_int
 from dataset import plural
 from synthetic import generate
 
@@ -62,7 +60,7 @@ def timed_training(data: Path, out: Path, epochs: int, policy: str | None, threa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = Parser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--images", type=positive_int, default=1000, metavar="N", help="generated captchas to train on")
     p.add_argument("--epochs", type=positive_int, default=6, metavar="N", help="epochs per timed training")
     p.add_argument("--limit", type=float, default=900, metavar="S", help="give up on a row after S seconds")

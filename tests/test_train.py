@@ -269,3 +269,13 @@ def test_arch_auto_picks_the_cnn_for_fixed_pitch_text_only():
     assert pick(moving, ["1234"] * 90) == "crnn"
     assert pick(fixed, ["1234"] * 89 + ["123"]) == "crnn"  # two lengths: only the crnn reads both
     assert pick(moving, ["1234"] * 90, length=4) == "cnn"  # --length asks for the cnn
+
+
+def test_a_missing_checkpoint_or_resume_file_says_what_to_run(fresh_ckpt, digits_dir, tmp_path):
+    from checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match=r"train one with: python torch_model_train.py --out .*gone\.pth\)"):
+        load_checkpoint(tmp_path / "gone.pth")
+    finished = tmp_path / "m.pth"  # a run that finished: its best checkpoint, no resume file
+    finished.write_bytes(fresh_ckpt.read_bytes())
+    with pytest.raises(CheckpointError, match=f"a run that finished leaves none; .* --init-from {finished}$"):
+        train(TrainConfig(data=[str(digits_dir)], out=str(finished), resume="", quiet=True))
