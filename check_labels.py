@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from checkpoint import CheckpointError
-from cli import HelpFormatter, Parser, positive_int, train_config
+from cli import Parser, positive_int, train_config
 from crossread import cross_read, suspects
 from dataset import DataError, labelled_files, load_images
 from metrics import contact_sheet
@@ -44,8 +44,7 @@ def format_suspects(found: Sequence[dict[str, Any]], n: int) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = Parser(description="List the images whose file name a held-out model reads differently.",
-                                formatter_class=HelpFormatter)
+    p = Parser(description="List the images whose file name a held-out model reads differently.")
     p.add_argument("inputs", nargs="+", help="folders and/or image files named by their labels")
     p.add_argument("--folds", type=positive_int, default=5, metavar="N", help="parts; each trains a model on the others")
     p.add_argument("--arch", choices=["auto", "cnn", "crnn"], default="auto",

@@ -23,8 +23,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """Every script's parser: a flag that cannot work is one line naming it, exit 2, rather than the
-    usage block first (``--help`` still prints it)."""
+    """Every script's parser: ``--help`` shows the defaults (``HelpFormatter``), and a flag that
+    cannot work is one line naming it, exit 2, rather than the usage block first."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**{"formatter_class": HelpFormatter, **kwargs})
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
@@ -66,8 +69,7 @@ def image_size(text: str) -> tuple[int, int]:
 def train_parser() -> argparse.ArgumentParser:
     """The flags of ``torch_model_train.py``; ``--train-args`` of check_labels.py and the
     benchmarks takes the same ones."""
-    p = Parser(description="Train a captcha recognizer on file-name-labelled images.",
-                                formatter_class=HelpFormatter)
+    p = Parser(description="Train a captcha recognizer on file-name-labelled images.")
     p.add_argument("--data", nargs="+", default=None, metavar="DIR",
                    help="folders/files of labelled images (default: train_images, unless --synthetic alone)")
     p.add_argument("--arch", choices=["auto", "cnn", "crnn"], default="auto",

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from checkpoint import CheckpointError
-from cli import HelpFormatter, Parser, positive_int, train_config
+from cli import Parser, positive_int, train_config
 from crossread import cross_read, suspects
 from dataset import DataError, labelled_files, list_images, load_images, shown
 from labelpage import Session, Settings, create_app
@@ -37,10 +37,9 @@ HOST = "127.0.0.1"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = Parser(description="Label captchas on a local web page: the model proposes, you confirm.",
-                                formatter_class=HelpFormatter)
+    p = Parser(description="Label captchas on a local web page: the model proposes, you confirm.")
     p.add_argument("images", nargs="?", help="folder of captchas to label (their names do not matter)")
-    p.add_argument("--out", metavar="DIR", help="folder the labelled copies are written to")
+    p.add_argument("--out", metavar="DIR", help="folder the labelled copies are written to (needed with IMAGES)")
     p.add_argument("--review", metavar="DIR", help="review the names of a labelled folder instead")
     p.add_argument("--checkpoint", metavar="CKPT", help="model that proposes readings and orders the queue "
                                                         "(default: the page's latest training, if any)")
@@ -55,7 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="extra torch_model_train.py flags for the page's trainings and --review")
     args = p.parse_args(argv)
     if (args.review is None) == (args.images is None):
-        p.error("give a folder to label with --out, or --review DIR")
+        p.error("give a folder to label (and --out DIR), or --review DIR")
     if args.images is not None:
         if args.out is None:
             p.error("--out DIR is needed: the folder the labelled images go to")

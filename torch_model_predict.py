@@ -23,7 +23,7 @@ from typing import Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
 from checkpoint import CheckpointError
-from cli import HelpFormatter, Parser, positive_int, probability
+from cli import Parser, positive_int, probability
 from dataset import DataError, list_images, shown
 from metrics import build_report, contact_sheet, format_results, write_csv
 from recognizer import CaptchaRecognizer, predict_files
@@ -31,8 +31,7 @@ from runtime import ConfigError, check_writable
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = Parser(description="Read captcha images with a trained checkpoint.",
-                                formatter_class=HelpFormatter)
+    p = Parser(description="Read captcha images with a trained checkpoint.")
     p.add_argument("inputs", nargs="*", default=["new_images"], help="image folders and/or files")
     p.add_argument("--checkpoint", default="captcha_recognize.pth", help=".pth checkpoint or .onnx export")
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="images per forward pass")

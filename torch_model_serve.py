@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
-from cli import HelpFormatter, Parser, non_negative_float, positive_float, positive_int
+from cli import Parser, non_negative_float, positive_float, positive_int
 from runtime import check_port
 from service import CONFIG_ENV, MODEL_NAME, MULTIPROC_ENV, ServeConfig, config_to_env
 
@@ -46,7 +46,7 @@ def model_arg(text: str) -> tuple[str, str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = ServeConfig()
-    p = Parser(description="Serve captcha models over HTTP.", formatter_class=HelpFormatter)
+    p = Parser(description="Serve captcha models over HTTP.")
     p.add_argument("--model", type=model_arg, action="append", metavar="NAME=PATH",
                    help="a model to serve, .pth or .onnx (repeatable; the first is the default; "
                         "default: default=captcha_recognize.pth)")

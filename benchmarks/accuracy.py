@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from common import DATASETS, machine, publish, split_files
 
 from calibration import held_out_report
-from cli import HelpFormatter, Parser, train_config
+from cli import Parser, train_config
 from dataset import infer_alphabet, list_images, load_images, parse_label, to_arrays
 from metrics import contact_sheet, score
 from recognizer import CaptchaRecognizer, all_logits, predict_files
@@ -167,8 +167,7 @@ def format_table(rows: list[tuple[str, str, str, list[int], dict[str, Any]]]) ->
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = Parser(description="Accuracy of the default recipe on real captchas.",
-                                formatter_class=HelpFormatter)
+    p = Parser(description="Accuracy of the default recipe on real captchas.")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS),
                    help="dataset names under ../shared/data, or folders")
     p.add_argument("--archs", nargs="+", default=["auto"], choices=["auto", "cnn", "crnn"],

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from common import ROOT, machine, publish
 
-from cli import HelpFormatter, Parser, positive_int
+from cli import Parser, positive_int
 from dataset import plural
 from synthetic import generate
 
@@ -60,7 +60,7 @@ def timed_training(data: Path, out: Path, epochs: int, policy: str | None, threa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = Parser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=positive_int, default=1000, metavar="N", help="generated captchas to train on")
     p.add_argument("--epochs", type=positive_int, default=6, metavar="N", help="epochs per timed training")
     p.add_argument("--limit", type=float, default=900, metavar="S", help="give up on a row after S seconds")

@@ -37,7 +37,7 @@ from typing import Sequence
 from accuracy import test_score
 from common import DATASETS, machine, publish, split_files
 
-from cli import HelpFormatter, Parser, positive_int, probability, train_config
+from cli import Parser, positive_int, probability, train_config
 from crossread import train_on
 from dataset import infer_alphabet, list_images, parse_label
 from recognizer import CaptchaRecognizer, predict_files
@@ -156,7 +156,7 @@ def plot(curves: dict[str, dict[str, Run]], target: float, path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = Parser(description="Keystrokes and labels needed with and without the labelling "
-                                            "page's proposals and order.", formatter_class=HelpFormatter)
+                                            "page's proposals and order.")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="dataset names under ../shared/data")
     p.add_argument("--retrain-every", type=positive_int, default=50, metavar="N", help="captchas per batch")
     p.add_argument("--max-labels", type=positive_int, default=None, metavar="N",

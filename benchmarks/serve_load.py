@@ -38,7 +38,7 @@ from urllib.parse import quote, urlsplit
 from common import DATASETS, ROOT, machine, publish
 from speed import fresh_checkpoint
 
-from cli import HelpFormatter, Parser, non_negative_float, positive_float, positive_int
+from cli import Parser, non_negative_float, positive_float, positive_int
 from dataset import CHANNELS, MAX_HEIGHT, Preprocess, auto_size, infer_alphabet, list_images, load_images, parse_label
 from recognizer import CaptchaRecognizer
 from service import ServeConfig, server_process
@@ -284,7 +284,7 @@ def targets(rows: list[dict[str, Any]], soaked: Run | None, samples: list[tuple[
 # ------------------------------------------------------------------------------ main
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = Parser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few seconds on generated captchas (smoke run)")
     p.add_argument("--clients", nargs="+", type=positive_int, default=[1, 8, 64], metavar="N",
                    help="concurrent clients per level")

@@ -31,7 +31,7 @@ from common import DATASETS, machine, publish
 import torch
 
 from checkpoint import ModelSpec, atomic_save, checkpoint_dict
-from cli import HelpFormatter, Parser, positive_int
+from cli import Parser, positive_int
 from dataset import CHANNELS, Preprocess, auto_size, max_height, infer_alphabet, list_images, load_images, parse_label
 from model import ModelConfig, build_model
 from recognizer import CaptchaRecognizer, predict_files
@@ -179,7 +179,7 @@ def format_table(rows: list[dict[str, Any]], peak: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = Parser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small smoke run on generated captchas")
     p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures to time")
     p.add_argument("--repeats", type=positive_int, default=3, metavar="N", help="timed passes per row (best is kept)")

@@ -188,3 +188,12 @@ def test_a_second_training_of_the_same_output_refuses_at_start(tmp_path):
 def test_outputs_that_cannot_be_written_fail_before_any_work(argv, flag, tmp_path):
     r = run_script(*argv, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and flag in r.stderr, r.stderr
+
+
+def test_make_captchas_count_and_seed_need_out(capsys):
+    from make_captchas import parse_args
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--count", "5"])  # would otherwise rewrite the project's sets, ignoring it
+    assert e.value.code == 2 and "--count and --seed go with --out" in capsys.readouterr().err
+    args = parse_args(["--out", "x", "--count", "5", "--seed", "3"])
+    assert (args.count, args.seed) == (5, 3)
