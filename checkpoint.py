@@ -25,6 +25,7 @@ from dataset import LabelConverter, LabelRules, Preprocess
 from model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
+DEFAULT_CHECKPOINT = "captcha_recognize.pth"  # the shipped model; what train_images/ trains and the scripts read
 REQUIRED_KEYS = ("format", "model", "model_args", "alphabet", "label_length", "preprocess")
 ONNX_META_KEY = "captcha"
 ONNX_SHA_KEY = "captcha_weights_sha256"
@@ -154,7 +155,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict, loaded with ``weights_only=True`` (pickled code is refused) and checked."""
     path = Path(path)
     if not path.is_file():
-        out = "" if path.name == "captcha_recognize.pth" else f" --out {path}"
+        out = "" if path.name == DEFAULT_CHECKPOINT else f" --out {path}"
         raise CheckpointError(f"no checkpoint at {path} (train one with: python torch_model_train.py{out})")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; text, images, ... are not
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a torch.save file)")

@@ -52,7 +52,7 @@ from python_multipart.multipart import parse_options_header
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 
-from checkpoint import CheckpointError
+from checkpoint import DEFAULT_CHECKPOINT, CheckpointError
 from dataset import ImageTooLarge
 from recognizer import CaptchaRecognizer, Prediction
 
@@ -69,7 +69,7 @@ METRIC_PATHS = {RECOGNIZE, "/v1/models", "/healthz", "/readyz", "/metrics", "/do
 @dataclass
 class ServeConfig:
     """Everything a service process is a function of (the flags of ``torch_model_serve.py``)."""
-    models: dict[str, str] = field(default_factory=lambda: {"default": "captcha_recognize.pth"})
+    models: dict[str, str] = field(default_factory=lambda: {"default": DEFAULT_CHECKPOINT})
     max_batch: int = 64  # images in a model's forward passes at once
     max_wait_ms: float = 5.0  # how long a forward pass waits at most for more requests to join it
     max_bytes: int = 1_000_000  # request body limit

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
-from checkpoint import CheckpointError, ModelSpec, load_checkpoint
+from checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelSpec, load_checkpoint
 from cli import Parser, positive_int
 from dataset import DataError
 from export import (INT8_MIN_AGREEMENT, calibration_arrays, calibration_inputs, export_int8, export_onnx, verified,
@@ -32,7 +32,7 @@ from runtime import ConfigError, check_writable
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = Parser(description="Export a captcha checkpoint to ONNX and verify it.")
-    p.add_argument("checkpoint", nargs="?", default="captcha_recognize.pth", help=".pth checkpoint")
+    p.add_argument("checkpoint", nargs="?", default=DEFAULT_CHECKPOINT, help=".pth checkpoint")
     p.add_argument("--out", help="ONNX file (default: the checkpoint's name with .onnx, or .int8.onnx)")
     p.add_argument("--verify", nargs="*", default=["new_images"], metavar="INPUT",
                    help="folders/files to compare PyTorch and ONNX predictions on (none: skip)")

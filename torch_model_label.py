@@ -109,12 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             cross_read_into(session, args, extra)
         elif mode == "review":
             print("resuming the stored review (--reread cross-reads again)", file=sys.stderr)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
     print(f"labelling page: http://{HOST}:{args.port}/ (Ctrl+C stops; the state is kept)", flush=True)

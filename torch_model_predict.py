@@ -22,7 +22,7 @@ import sys
 from typing import Sequence
 
 import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
-from checkpoint import CheckpointError
+from checkpoint import DEFAULT_CHECKPOINT, CheckpointError
 from cli import Parser, positive_int, probability
 from dataset import DataError, list_images, shown
 from metrics import build_report, contact_sheet, format_results, write_csv
@@ -33,7 +33,7 @@ from runtime import ConfigError, check_writable
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = Parser(description="Read captcha images with a trained checkpoint.")
     p.add_argument("inputs", nargs="*", default=["new_images"], help="image folders and/or files")
-    p.add_argument("--checkpoint", default="captcha_recognize.pth", help=".pth checkpoint or .onnx export")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=".pth checkpoint or .onnx export")
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     p.add_argument("--json", metavar="FILE", help="write a JSON report to FILE ('-' for stdout)")

@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = Parser(description="Serve captcha models over HTTP.")
     p.add_argument("--model", type=model_arg, action="append", metavar="NAME=PATH",
                    help="a model to serve, .pth or .onnx (repeatable; the first is the default; "
-                        "default: default=captcha_recognize.pth)")
+                        f"default: {' '.join(f'{k}={v}' for k, v in d.models.items())})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
@@ -76,7 +76,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def config(args: argparse.Namespace) -> ServeConfig:
-    models = dict(args.model or [("default", "captcha_recognize.pth")])
+    models = dict(args.model) if args.model else ServeConfig().models
     return ServeConfig(models=models, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                        max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_images=args.max_images,
                        api_key_env=args.api_key_env, reload_interval=args.reload_interval, device=args.device,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 import schedule
 from augment import STROKES, augment, column_spread, evenly_spaced, splice, text_span
 from calibration import TARGET_PRECISION, calibrate_run
-from checkpoint import (CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
+from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
                         remove_stale_temporaries)
 from dataset import (CHANNELS, IMAGE_EXTS, ArrayDataset, DataError, LabelConverter, LabelledImages, LabelRules,
                      Preprocess, auto_size, infer_alphabet, max_height, mixed_case, normalize, plural, read_label_map, read_labelled,
@@ -190,7 +190,7 @@ def default_out(data: Sequence[str]) -> str:
     """``captcha_recognize.pth`` (the shipped demo model) for ``train_images/`` and generated
     captchas; for any other data ``runs/<its folder name>/model.pth``, so it is never overwritten."""
     if not data or [Path(d).resolve() for d in data] == [Path("train_images").resolve()]:
-        return "captcha_recognize.pth"
+        return DEFAULT_CHECKPOINT
     first = Path(data[0]).resolve()
     name = first.parent.name if first.suffix.lower() in IMAGE_EXTS else first.name
     return str(Path("runs") / (name + ("-and-more" if len(data) > 1 else "")) / "model.pth")
