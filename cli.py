@@ -9,7 +9,7 @@ from typing import Callable, NoReturn, Sequence
 from augment import STROKES
 from dataset import CASES
 from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW
-from selftrain import MIN_BUDGET as SELF_TRAINING_BUDGET
+from selftrain import MIN_BUDGET as SELF_TRAINING_BUDGET, SYNTHETIC_MIX
 from calibration import TARGET_PRECISION
 from training import DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
 
@@ -117,9 +117,10 @@ def train_parser() -> argparse.ArgumentParser:
                    help="noise strokes drawn across training images: 'arcs' = two, lines or circle arcs "
                         "1-2 pixels wide; 'line' = one straight line")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--synthetic", type=non_negative_int, default=0, metavar="N",
+    p.add_argument("--synthetic", type=non_negative_int, default=None, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "
-                        "when there is no --data)")
+                        f"when there is no --data) (default: 0; with --unlabelled, {SYNTHETIC_MIX} in a labelled-only "
+                        f"CRNN round under {SMALL_SET} labels of one length)")
     p.add_argument("--unlabelled", metavar="DIR",
                    help="folder of unlabelled captchas (any file names) to learn from as well: self-training "
                         "with stable pseudo-labels")

@@ -2,7 +2,9 @@
 
 Round 0 trains on the labelled images alone; with ``--arch auto`` and fewer than ``SMALL_SET``
 labels it is a CRNN, whose one per-column classifier learns from every labelled character at
-every place, where the CNN's position heads each see one character per image. Each further
+every place, where the CNN's position heads each see one character per image, and each of its
+epochs mixes in generated captchas of the labels' alphabet and length, which teach the shapes of
+the characters that a few dozen labels cannot. Each further
 round reads the unlabelled images with the best model so far and keeps a reading as a
 pseudo-label only when it is stable: the clean image and ``VIEWS`` slightly perturbed copies
 (shift, rotation, scale, contrast) all read the same text. A fresh model then trains on the labelled images plus those pseudo-labels; the
@@ -37,6 +39,7 @@ MIN_SHARE = 0.05  # below this share of stable readings a round is not worth tra
 MIN_BUDGET = 10 * 60.0  # default budget of all the rounds together, at least
 FIRST_SHARE = 0.4  # share of the budget the labelled-only round may take: the rounds after it train on more images
 MIN_PRECISION = 0.9  # share of the stable validation readings that must be right to trust stable readings
+SYNTHETIC_MIX = 200  # generated captchas per epoch in a labelled-only CRNN round under SMALL_SET labels
 
 
 def read_unlabelled(folder: str, recursive: bool, labelled: list[str]) -> tuple[list[Image.Image], list[Path]]:
@@ -55,8 +58,10 @@ def digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def count_labelled(cfg: TrainConfig) -> int:
-    return len(labelled_files(cfg.data, cfg.alphabet, label_rules(cfg, None), cfg.recursive))
+def labelled_texts(cfg: TrainConfig) -> list[str]:
+    """The labels of the labelled images."""
+    rules = label_rules(cfg, None)
+    return [parse_label(f, cfg.alphabet, rules) for f in labelled_files(cfg.data, cfg.alphabet, rules, cfg.recursive)]
 
 
 def stable_readings(rec: CaptchaRecognizer, arrays: torch.Tensor, seed: int,
@@ -102,14 +107,14 @@ def self_train(cfg: TrainConfig) -> TrainResult:
     t0 = time.time()
     with output_lock(base.out):
         images, paths = read_unlabelled(cfg.unlabelled, cfg.recursive, base.data)
-        n_labelled = count_labelled(base)
-        n_images = len(images) + n_labelled
+        texts = labelled_texts(base)
+        n_images = len(images) + len(texts)
         budget = 60 * cfg.time_budget if cfg.time_budget else max(MIN_BUDGET, default_budget(n_images))
         log(f"self-training: {plural(len(images), 'unlabelled captcha')} in {shown(cfg.unlabelled)}, "
             f"up to {plural(cfg.rounds, 'round')} after the labelled-only one, time budget {budget / 60:.3g} min "
             "for all of them")
         try:
-            best, history = run_rounds(base, n_labelled, cfg.rounds, images, paths, work, log, t0 + budget)
+            best, history = run_rounds(base, texts, cfg.rounds, images, paths, work, log, t0 + budget)
             publish(best, base.out, cfg, history)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -119,22 +124,30 @@ def self_train(cfg: TrainConfig) -> TrainResult:
                        time.time() - t0, best.history, history)
 
 
-def first_round(base: TrainConfig, n_labelled: int, work: Path, deadline: float) -> tuple[TrainConfig, str]:
-    """The labelled-only round's training (a CRNN under ``SMALL_SET`` labels when the architecture
-    is left to ``auto``), with ``FIRST_SHARE`` of the budget, and the line that announces it."""
+def first_round(base: TrainConfig, texts: list[str], work: Path, deadline: float) -> tuple[TrainConfig, str]:
+    """The labelled-only round's training, with ``FIRST_SHARE`` of the budget, and the line that
+    announces it. Under ``SMALL_SET`` labels it is a CRNN when the architecture is left to ``auto``,
+    and a CRNN round mixes ``SYNTHETIC_MIX`` generated captchas of the labels' alphabet and length
+    into each epoch unless ``--synthetic`` says otherwise (labels of one length only)."""
     cfg = round_config(base, work, 0, deadline, FIRST_SHARE)
-    if base.arch == "auto" and n_labelled < SMALL_SET and not base.length and not base.init_from:
-        return replace(cfg, arch="crnn"), (f"round 0: the labelled images alone, as a CRNN (with {n_labelled} labels, "
-                                           f"under {SMALL_SET}, it reads unlabelled captchas better than the CNN; "
-                                           "later rounds choose their own architecture)")
-    return cfg, "round 0: the labelled images alone"
+    few = len(texts) < SMALL_SET and not base.init_from
+    notes = []
+    if base.arch == "auto" and few and not base.length:
+        cfg = replace(cfg, arch="crnn")
+        notes.append(f"as a CRNN (with {len(texts)} labels, under {SMALL_SET}, it reads unlabelled captchas better "
+                     "than the CNN; later rounds choose their own architecture)")
+    if cfg.arch == "crnn" and few and base.synthetic is None and len({len(t) for t in texts}) == 1:
+        cfg = replace(cfg, synthetic=SYNTHETIC_MIX)
+        notes.append(f"with {SYNTHETIC_MIX} generated captchas of the labels' alphabet and length in each epoch "
+                     "(--synthetic 0 to leave them out)")
+    return cfg, "round 0: the labelled images alone" + "".join(f", {n}" for n in notes)
 
 
-def run_rounds(base: TrainConfig, n_labelled: int, rounds: int, images: list[Image.Image], paths: list[Path],
+def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Image.Image], paths: list[Path],
                work: Path, log: Callable[..., None], deadline: float) -> tuple[TrainResult, list[dict[str, Any]]]:
     """The labelled-only round and the self-training rounds, each with what is left of the budget
     until ``deadline``; returns the kept round and a summary."""
-    first, line = first_round(base, n_labelled, work, deadline)
+    first, line = first_round(base, texts, work, deadline)
     log(line)
     best = train(first)
     if best.validation is None or not best.validation.labels:

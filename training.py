@@ -78,7 +78,7 @@ class TrainConfig:
     splice: float | None = None
     strokes: str = "arcs"  # key of augment.STROKES
     augment: bool = True
-    synthetic: int = 0  # freshly generated captchas added per epoch
+    synthetic: int | None = None  # freshly generated captchas added per epoch; None: none (selftrain.py may add some)
     unlabelled: str | None = None  # folder of unlabelled captchas for semi-supervised training (selftrain.py)
     rounds: int = 3  # with unlabelled: self-training rounds after the labelled-only one
     time_budget: float | None = None  # minutes training may take; None: schedule.default_budget
@@ -238,6 +238,8 @@ def stored_config(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 def same_setting(name: str, a: Any, b: Any) -> bool:
     """Whether two values of a setting mean the same (data folders compare as resolved paths)."""
+    if name == "synthetic":
+        return (a or 0) == (b or 0)
     if name in ("data", "label_map") and a is not None and b is not None:
         paths = lambda v: [Path(x).resolve() for x in ([v] if isinstance(v, str) else v)]  # noqa: E731
         return paths(a) == paths(b)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -11,7 +12,7 @@ from dataset import load_images, to_arrays
 from recognizer import CaptchaRecognizer
 from runtime import ConfigError
 import selftrain
-from selftrain import FIRST_SHARE, SMALL_SET, first_round, stable_readings
+from selftrain import FIRST_SHARE, SMALL_SET, SYNTHETIC_MIX, first_round, stable_readings
 from synthetic import generate
 from training import TrainConfig, train
 
@@ -46,12 +47,30 @@ def test_self_training_needs_a_validation_split_and_no_resume(tmp_path):
 
 def test_the_labelled_only_round_is_a_crnn_only_when_auto_would_see_few_labels(tmp_path):
     deadline = time.time() + 600
-    few, _ = first_round(TrainConfig(), SMALL_SET - 1, tmp_path, deadline)
+    few, _ = first_round(TrainConfig(), ["1234"] * (SMALL_SET - 1), tmp_path, deadline)
     assert few.arch == "crnn" and 0.9 * FIRST_SHARE * 10 < few.time_budget <= FIRST_SHARE * 10
     assert not few.stretch  # a round keeps its planned cycle: the rounds after it need the time
-    assert first_round(TrainConfig(), SMALL_SET, tmp_path, deadline)[0].arch == "auto"  # enough labels: auto decides
+    assert first_round(TrainConfig(), ["1234"] * SMALL_SET, tmp_path, deadline)[0].arch == "auto"  # auto decides
     for chosen in (TrainConfig(arch="cnn"), TrainConfig(length=4), TrainConfig(init_from="x.pth")):  # the user's call
-        assert first_round(chosen, 10, tmp_path, deadline)[0].arch == chosen.arch
+        assert first_round(chosen, ["1234"] * 10, tmp_path, deadline)[0].arch == chosen.arch
+
+
+def test_a_crnn_round_on_few_labels_of_one_length_mixes_in_generated_captchas(tmp_path):
+    deadline = time.time() + 600
+    few = ["1234"] * (SMALL_SET - 1)
+    cfg, line = first_round(TrainConfig(), few, tmp_path, deadline)
+    assert cfg.synthetic == SYNTHETIC_MIX and f"with {SYNTHETIC_MIX} generated captchas" in line
+    assert first_round(TrainConfig(arch="crnn"), few, tmp_path, deadline)[0].synthetic == SYNTHETIC_MIX
+    assert first_round(TrainConfig(synthetic=0), few, tmp_path, deadline)[0].synthetic == 0  # the user's call
+    assert first_round(TrainConfig(synthetic=50), few, tmp_path, deadline)[0].synthetic == 50
+    for cfg, texts in ((TrainConfig(), ["1234"] * SMALL_SET),  # enough labels
+                       (TrainConfig(), ["1234", "12345"] * 10),  # generated captchas have one length
+                       (TrainConfig(arch="cnn"), few),  # measured on the CRNN only
+                       (TrainConfig(init_from="x.pth"), few)):  # a trained start
+        cfg, line = first_round(cfg, texts, tmp_path, deadline)
+        assert not cfg.synthetic and "generated" not in line
+    later = selftrain.round_config(replace(TrainConfig(), out="m.pth"), tmp_path, 1, deadline)
+    assert not later.synthetic  # the rounds with pseudo-labels have images enough
 
 
 @pytest.mark.slow
@@ -67,6 +86,7 @@ def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, 
     ckpt = load_checkpoint(tmp_path / "m.pth")
     assert [r["round"] for r in result.rounds] == [0] and ckpt["self_training"][0]["kept"] == 0
     assert "as a CRNN (with 64 labels" in out and rounds[0].arch == "crnn"  # few labels: a CRNN reads them
+    assert rounds[0].synthetic == SYNTHETIC_MIX and all(not r.synthetic for r in rounds[1:])
     assert 0.9 * FIRST_SHARE * 10 < rounds[0].time_budget <= FIRST_SHARE * 10  # its share of the 10 minutes
     assert not (tmp_path / ".m-rounds").exists()  # the rounds' files are gone
 

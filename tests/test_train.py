@@ -204,6 +204,12 @@ def test_resume_refuses_conflicts_a_best_checkpoint_and_fewer_epochs(interrupted
         train(TrainConfig(resume=str(out)))
 
 
+def test_no_generated_captchas_is_one_setting_whether_left_to_the_default_or_given_as_0():
+    from training import same_setting
+    assert same_setting("synthetic", None, 0) and same_setting("synthetic", 0, None)  # resuming with --synthetic 0
+    assert not same_setting("synthetic", None, 200) and same_setting("synthetic", 200, 200)
+
+
 def test_a_run_refuses_an_output_another_run_is_writing(tmp_path):
     from checkpoint import OutputBusy, output_lock
     with output_lock(tmp_path / "m.pth"):
