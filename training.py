@@ -64,6 +64,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of the weight average that is validated and saved; 0: off
     val_split: float = 0.1
     seed: int = 0
+    split_seed: int | None = None  # seed of the validation split; None: seed
     device: str = "auto"
     out: str | None = None  # None: captcha_recognize.pth for train_images/, else runs/<folder>/model.pth
     resume: str | None = None  # checkpoint to continue from; "": <out>_last.pth
@@ -94,7 +95,7 @@ class TrainConfig:
 
 # flags that define what a run learns: resuming with another value is an error, not a silent switch
 RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "recursive", "length", "img_size", "channels",
-                    "seed", "val_split", "batch_size", "synthetic")
+                    "seed", "split_seed", "val_split", "batch_size", "synthetic")
 # how this call runs and reports, not what the run is: a resumed run takes them from the call
 NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet",
                "time_budget"}
@@ -392,7 +393,8 @@ def build_datasets(cfg: TrainConfig, data: LabelledImages | None, conv: LabelCon
         arrays = to_arrays([data.images[i] for i in keep], spec)  # (N, C, H, W) uint8
         labels = [data.labels[i] for i in keep]
         names = [data.paths[i].name for i in keep]
-        tr, va = split_indices(len(labels), [cfg.val_split], cfg.seed) if cfg.val_split > 0 else (
+        split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+        tr, va = split_indices(len(labels), [cfg.val_split], split_seed) if cfg.val_split > 0 else (
             list(range(len(labels))), [])
         train_arrays, train_labels = arrays[tr], [labels[i] for i in tr]
         fit = [i for i, s in enumerate(extra.labels) if conv.accepts(s)] if extra is not None else []

@@ -92,7 +92,10 @@ def pseudo_label_report(result: TrainResult, truth: dict[str, str]) -> str:
     for h in result.rounds[1:]:
         right = sum(truth[f] == t for f, t in zip(h["pseudo_files"], h["pseudo_labels"]))
         parts.append(f"round {h['round']} {right}/{h['pseudo']} pseudo-labels right, val {100 * h['val']:.1f}%")
-    return "; ".join(parts) or "no round beyond the labelled-only one"
+    first = result.rounds[0] if result.rounds else {}
+    again = (f"; round 0 trained twice, try {first.get('kept_try')} kept (val {100 * first['again_val']:.1f}% "
+             "the second time)" if first.get("tries", 1) > 1 else "")
+    return ("; ".join(parts) or "no round beyond the labelled-only one") + again
 
 
 def run_one(files: Sequence[Path], test: Sequence[Path], cfg: TrainConfig, workdir: Path,

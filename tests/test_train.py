@@ -285,3 +285,12 @@ def test_a_missing_checkpoint_or_resume_file_says_what_to_run(fresh_ckpt, digits
     finished.write_bytes(fresh_ckpt.read_bytes())
     with pytest.raises(CheckpointError, match=f"a run that finished leaves none; .* --init-from {finished}$"):
         train(TrainConfig(data=[str(digits_dir)], out=str(finished), resume="", quiet=True))
+
+
+def test_split_seed_keeps_the_validation_split_while_the_seed_changes(digits_dir):
+    from dataset import LabelConverter, Preprocess, read_labelled
+    from training import build_datasets
+    data = read_labelled([str(digits_dir)])
+    conv, spec = LabelConverter("0123456789", 4), Preprocess()
+    names = lambda **kw: build_datasets(TrainConfig(val_split=0.25, **kw), data, conv, spec, print)[1].names  # noqa: E731
+    assert names(seed=1, split_seed=0) == names(seed=0) != names(seed=1)
