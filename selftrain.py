@@ -205,11 +205,10 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
 def labelled_round_again(first: TrainConfig, work: Path, deadline: float, log: Callable[..., None]) -> TrainResult:
     """The labelled-only round once more, with the first one's share of the budget at most, from
     another seed (initialisation, order and augmentation) on the same validation split."""
-    split_seed = first.seed if first.split_seed is None else first.split_seed
     seed = first.seed + AGAIN_SEED
     log(f"pseudo-labels are not confident enough: round 0 once more from seed {seed} on the same split, "
         "keeping whichever reads the validation split better")
-    return train(replace(first, seed=seed, split_seed=split_seed, out=str(work / "round0-again.pth"),
+    return train(replace(first, seed=seed, split_seed=first.val_seed, out=str(work / "round0-again.pth"),
                          time_budget=min(first.time_budget, max(1.0, (deadline - time.time()) / 60))))
 
 

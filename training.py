@@ -92,6 +92,11 @@ class TrainConfig:
     target_precision: float = TARGET_PRECISION  # accept threshold: validation answers at least this right
     quiet: bool = False  # no progress bars or per-epoch lines
 
+    @property
+    def val_seed(self) -> int:
+        """The seed of the validation split."""
+        return self.seed if self.split_seed is None else self.split_seed
+
 
 # flags that define what a run learns: resuming with another value is an error, not a silent switch
 RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "recursive", "length", "img_size", "channels",
@@ -393,8 +398,7 @@ def build_datasets(cfg: TrainConfig, data: LabelledImages | None, conv: LabelCon
         arrays = to_arrays([data.images[i] for i in keep], spec)  # (N, C, H, W) uint8
         labels = [data.labels[i] for i in keep]
         names = [data.paths[i].name for i in keep]
-        split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-        tr, va = split_indices(len(labels), [cfg.val_split], split_seed) if cfg.val_split > 0 else (
+        tr, va = split_indices(len(labels), [cfg.val_split], cfg.val_seed) if cfg.val_split > 0 else (
             list(range(len(labels))), [])
         train_arrays, train_labels = arrays[tr], [labels[i] for i in tr]
         fit = [i for i, s in enumerate(extra.labels) if conv.accepts(s)] if extra is not None else []
