@@ -2,7 +2,8 @@
 further cycles while the validation score still improves, and a check for a run stuck at chance.
 
 The plan is the recipe's step count (``training.default_epochs``). If the first epoch shows that
-the plan would overrun the budget, the schedule is shortened to fit. A run that reads fewer than
+the plan would overrun the budget, the schedule is shortened to fit, and so again at each tenth of
+the plan if later epochs run slower. A run that reads fewer than
 ``STRETCH_BELOW`` of its (at least ``STRETCH_MIN_VAL``) validation images halfway through its plan
 needs more steps than planned: its cycle grows to what the rest of the budget holds (timed by the
 median epoch, as the first carries one-off costs). When the plan ends with the validation score
@@ -27,6 +28,8 @@ STRETCH_BELOW = 0.9  # validation sequence accuracy halfway through the plan und
 STRETCH_MIN_VAL = 40  # validation images needed to judge that (on fewer, one image moves it 2.5% or more)
 CHANCE_AT = 0.3  # share of the planned epochs after which a run still at chance is retried
 CHANCE_MIN_STEPS = 400  # plans shorter than this are not judged
+REFIT_SHARE = 0.1  # after the first epoch, the budget is checked again each time this share of the plan is done
+PACE_EPOCHS = 3  # epochs whose median time gives the pace of the rest
 
 
 def default_budget(n_train: int) -> float:
@@ -57,6 +60,11 @@ def epochs_in_budget(planned: int, done: int, seconds_per_epoch: float, budget_l
     if seconds_per_epoch <= 0:
         return planned
     return max(done + 1, min(planned, done + math.floor(budget_left / seconds_per_epoch)))
+
+
+def recent_pace(epoch_times: Sequence[float]) -> float:
+    """Seconds an epoch takes now: the median of the last ``PACE_EPOCHS`` epochs."""
+    return statistics.median(epoch_times[-PACE_EPOCHS:]) if epoch_times else 0.0
 
 
 def grown_epochs(planned: int, done: int, accuracy: float, epoch_times: Sequence[float], budget_left: float) -> int:

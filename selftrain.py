@@ -12,7 +12,8 @@ validation split stays labelled images only, and a round is kept only if it read
 least as well as the round before. Too few stable readings, or a worse round, and training stops
 with the better model and says so; when that happens right after round 0 and time is left, round 0
 first trains once more from another seed, as one draw of a short run on few labels can fall far
-below the next.
+below the next. A round with pseudo-labels starts only while ``ROUND_SHARE`` of the budget is left,
+and the second try of round 0 leaves that much.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ MIN_BUDGET = 10 * 60.0  # default budget of all the rounds together, at least
 FIRST_SHARE = 0.4  # share of the budget the labelled-only round may take: the rounds after it train on more images
 MIN_PRECISION = 0.9  # share of the stable validation readings that must be right to trust stable readings
 AGAIN_SEED = 1000  # the labelled-only round's second try trains from seed + AGAIN_SEED
+ROUND_SHARE = 0.25  # a pseudo-label round starts only with this share of the budget left
+AGAIN_MIN = 0.5  # the second try runs only with at least this share of the first try's time for it
 SYNTHETIC_MIX = 200  # generated captchas per epoch in a labelled-only CRNN round under SMALL_SET labels
 
 
@@ -117,7 +120,7 @@ def self_train(cfg: TrainConfig) -> TrainResult:
             f"up to {plural(cfg.rounds, 'round')} after the labelled-only one, time budget {budget / 60:.3g} min "
             "for all of them")
         try:
-            best, history = run_rounds(base, texts, cfg.rounds, images, paths, work, log, t0 + budget)
+            best, history = run_rounds(base, texts, cfg.rounds, images, paths, work, log, t0 + budget, budget)
             publish(best, base.out, cfg, history)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -147,9 +150,10 @@ def first_round(base: TrainConfig, texts: list[str], work: Path, deadline: float
 
 
 def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Image.Image], paths: list[Path],
-               work: Path, log: Callable[..., None], deadline: float) -> tuple[TrainResult, list[dict[str, Any]]]:
-    """The labelled-only round and the self-training rounds, each with what is left of the budget
-    until ``deadline``; returns the kept round and a summary."""
+               work: Path, log: Callable[..., None], deadline: float,
+               budget: float) -> tuple[TrainResult, list[dict[str, Any]]]:
+    """The labelled-only round and the self-training rounds, each with what is left of the ``budget``
+    (seconds) until ``deadline``; returns the kept round and a summary."""
     first, line = first_round(base, texts, work, deadline)
     log(line)
     best = train(first)
@@ -159,21 +163,24 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
     history = [{"round": 0, "pseudo": 0, "val": best.best["sequence_accuracy"], "kept": 0, "tries": 1, "kept_try": 1}]
     r, retried = 1, False
     while r <= rounds:
-        if deadline - time.time() < best.seconds:
-            log(f"the time budget is spent: keeping round {history[-1]['kept']} (--time-budget MINUTES for more rounds)")
+        if not (r == 1 and retried) and not round_fits(deadline - time.time(), budget):  # the second try left it
+            log(f"under {ROUND_SHARE:.0%} of the time budget is left: keeping round {history[-1]['kept']} "
+                "(--time-budget MINUTES for more rounds)")
             break
-        rec = CaptchaRecognizer(best.out)
+        started, rec = time.time(), CaptchaRecognizer(best.out)
         precision, n_stable = stable_precision(rec, best, base.seed + r, lengths)
         readings = stable_readings(rec, to_arrays(images, rec.spec), base.seed + r, lengths)
         kept = [i for i, x in enumerate(readings) if x is not None]
+        reading = time.time() - started  # the next round reads the pool again
         check = (f"{100 * precision:.1f}% of the {n_stable} stable validation readings are right" if n_stable
                  else "no validation image reads stably")
         log(f"round {r}: {len(kept)} of {len(images)} unlabelled captchas read the same under {VIEWS} "
             f"perturbations; {check}")
         if precision < MIN_PRECISION or len(kept) < MIN_SHARE * len(images):
-            if r == 1 and not retried and deadline - time.time() >= best.seconds:
+            seconds = again_seconds(60 * first.time_budget, deadline - time.time(), budget, reading)
+            if r == 1 and not retried and seconds:
                 retried = True
-                again = labelled_round_again(first, work, deadline, log)
+                again = labelled_round_again(first, work, seconds, log)
                 history[0].update(tries=2, again_val=again.best["sequence_accuracy"])
                 if better(again, best):
                     log(f"round 0's second try reads the validation split better "
@@ -202,14 +209,27 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
     return best, history
 
 
-def labelled_round_again(first: TrainConfig, work: Path, deadline: float, log: Callable[..., None]) -> TrainResult:
-    """The labelled-only round once more, with the first one's share of the budget at most, from
-    another seed (initialisation, order and augmentation) on the same validation split."""
+def round_fits(left: float, budget: float) -> bool:
+    """Whether a pseudo-label round may start with ``left`` of the ``budget`` seconds."""
+    return left >= ROUND_SHARE * budget
+
+
+def again_seconds(first: float, left: float, budget: float, reading: float) -> float:
+    """Seconds for round 0's second try, given the first try's ``first`` seconds of budget: what
+    ``left`` holds after a pseudo-label round's share and another ``reading`` of the pool, at most
+    ``first``; 0 (no second try) when that is under ``AGAIN_MIN`` of ``first``."""
+    seconds = min(first, left - ROUND_SHARE * budget - reading)
+    return seconds if seconds >= AGAIN_MIN * first else 0.0
+
+
+def labelled_round_again(first: TrainConfig, work: Path, seconds: float, log: Callable[..., None]) -> TrainResult:
+    """The labelled-only round once more, for ``seconds``, from another seed (initialisation, order
+    and augmentation) on the same validation split."""
     seed = first.seed + AGAIN_SEED
     log(f"pseudo-labels are not confident enough: round 0 once more from seed {seed} on the same split, "
         "keeping whichever reads the validation split better")
     return train(replace(first, seed=seed, split_seed=first.val_seed, out=str(work / "round0-again.pth"),
-                         time_budget=min(first.time_budget, max(1.0, (deadline - time.time()) / 60))))
+                         time_budget=seconds / 60))
 
 
 def better(a: TrainResult, b: TrainResult) -> bool:

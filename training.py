@@ -530,6 +530,7 @@ class Run:
     can_retry: bool = True  # a run stuck at chance may start once more, changed
     plan_epochs: int = 0  # the planned cycle's length (extensions come after it)
     grown_from: int = 0  # the plan's length before it grew halfway (0: it did not)
+    chance_due: int = 0  # the epoch that checks for a run stuck at chance, fixed by the plan at the first check
     segments: list[list[Any]] = field(default_factory=list)  # [first epoch, epochs, peak lr] per cycle
     budget: float = 0.0  # seconds this process may train
     started: float = 0.0  # when this process started training (time.time())
@@ -779,12 +780,18 @@ def agreed(run: Run, value: Any) -> Any:
 
 
 def fit_budget(run: Run, epoch: int) -> None:
-    """After the first epoch: shorten the current cycle if the rest of it would overrun the budget."""
-    n = agreed(run, schedule.epochs_in_budget(run.cfg.epochs, epoch, run.epoch_times[-1], run.seconds_left))
+    """After the first epoch, and each ``schedule.REFIT_SHARE`` of the plan after it: shorten the current
+    cycle if the rest of it, at the pace of the latest epochs, would overrun the budget (epochs can slow
+    down as a run goes on)."""
+    every = max(1, math.ceil(schedule.REFIT_SHARE * run.plan_epochs))
+    if epoch >= run.cfg.epochs or (epoch != run.start and epoch % every):
+        return
+    pace = schedule.recent_pace(run.epoch_times)
+    n = agreed(run, schedule.epochs_in_budget(run.cfg.epochs, epoch, pace, run.seconds_left))
     if n >= run.cfg.epochs:
         return
-    run.log(f"the time budget ({run.budget / 60:.3g} min) holds {n} of the {run.cfg.epochs} planned epochs: "
-            f"the schedule is shortened to fit (--time-budget MINUTES for more)")
+    run.log(f"the time budget ({run.budget / 60:.3g} min) holds {n} of the {run.cfg.epochs} planned epochs "
+            f"at {pace:.2g} s an epoch: the schedule is shortened to fit (--time-budget MINUTES for more)")
     resize_cycle(run, n)
 
 
@@ -817,7 +824,8 @@ def resize_cycle(run: Run, n: int) -> None:
 def check_chance(run: Run, epoch: int) -> None:
     """A third of the way into the plan (at least 5 epochs), a run still reading no better than guessing starts
     again once: the CNN as a CRNN, a CRNN with a third of the learning rate."""
-    due = max(5, math.ceil(schedule.CHANCE_AT * (run.grown_from or run.plan_epochs)))  # once, by the first plan
+    run.chance_due = due = run.chance_due or max(5, math.ceil(schedule.CHANCE_AT * run.plan_epochs))  # a later
+    # refit of the plan to the budget does not move it
     short = run.plan_epochs * len(run.loader) < schedule.CHANCE_MIN_STEPS  # too short to judge
     if not run.can_retry or short or not run.val.labels or epoch != due or due > run.plan_epochs:
         return
@@ -863,8 +871,7 @@ def run_schedule(run: Run) -> None:
         t = time.time()
         run_epoch(run, epoch, run.started)
         run.epoch_times.append(time.time() - t)
-        if epoch == run.start:
-            fit_budget(run, epoch)
+        fit_budget(run, epoch)
         stretch(run, epoch)
         check_chance(run, epoch)
         if epoch == run.cfg.epochs:

@@ -21,6 +21,24 @@ def test_epochs_in_budget_shortens_only_what_would_overrun():
     assert schedule.epochs_in_budget(20, 1, 10.0, 0.0) == 2  # at least one more epoch
 
 
+def test_recent_pace_is_the_median_of_the_latest_epochs():
+    assert schedule.recent_pace([9.0, 1.0, 2.0, 4.0, 3.0]) == 3.0
+    assert schedule.recent_pace([5.0]) == 5.0 and schedule.recent_pace([]) == 0.0
+
+
+@pytest.mark.slow
+def test_a_run_whose_epochs_slow_down_is_shortened_at_a_later_check(digits_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 20)
+    monkeypatch.setattr(schedule, "REFIT_SHARE", 0.25)  # checks after epochs 1, 5, 10 and 15
+    monkeypatch.setattr(schedule, "recent_pace", lambda times: 0.01 if len(times) < 5 else 1e4)
+    monkeypatch.setattr(schedule, "still_improving", lambda *a: False)
+    result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", out=str(tmp_path / "m.pth"), plot="none",
+                               show_errors=0))
+    assert "holds 6 of the 20 planned epochs" in capsys.readouterr().out  # epoch 5 finds no time for more
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(tmp_path / "m.pth")["config"]["epochs"] == 6
+
+
 def test_grown_epochs_fill_the_budget_only_when_far_from_done():
     times = [30.0, 10.0, 12.0, 11.0]  # the first epoch's one-off costs are not counted: median 11 s
     assert schedule.grown_epochs(8, 4, 0.95, times, 100.0) == 8  # reads well: the plan stands
@@ -106,3 +124,16 @@ def test_a_cnn_stuck_at_chance_starts_again_as_a_crnn(digits_dir, tmp_path, monk
            "as a CRNN" in out
     assert result.config.arch == "crnn" and out.count("no better than guessing") == 1  # once only
     assert load_checkpoint(tmp_path / "m.pth")["model_args"]["arch"] == "crnn"
+
+
+@pytest.mark.slow
+def test_the_check_for_chance_stays_where_the_first_plan_put_it_when_a_refit_shortens_the_plan(
+        digits_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 40)  # the check falls after epoch 12
+    monkeypatch.setattr(schedule, "at_chance", lambda *a: True)
+    monkeypatch.setattr(schedule, "CHANCE_MIN_STEPS", 0)
+    monkeypatch.setattr(schedule, "epochs_in_budget", lambda planned, done, *a: 20 if done >= 8 else planned)
+    train(TrainConfig(data=[str(digits_dir)], arch="cnn", out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
+    out = capsys.readouterr().out
+    assert "holds 20 of the 40 planned epochs" in out  # the refit after epoch 8
+    assert "after 12 epochs the cnn still reads the validation images no better than guessing" in out

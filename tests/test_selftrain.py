@@ -149,6 +149,37 @@ def test_a_bad_first_draw_of_round_0_is_trained_again_and_the_better_one_goes_on
     assert result.rounds[0]["val"] > 0.5 and result.rounds[1]["pseudo"] >= 20  # the second draw's readings
 
 
+def test_rounds_start_while_a_share_of_the_budget_is_left_whatever_round_0_took():
+    budget = 600.0  # seconds; a pseudo-label round took about 150 s of it on captcha-images-v2
+    assert selftrain.round_fits(selftrain.ROUND_SHARE * budget, budget)
+    assert not selftrain.round_fits(selftrain.ROUND_SHARE * budget - 1, budget)
+    # round 0's second try leaves that share and one more reading of the pool to the round after it
+    assert selftrain.again_seconds(240.0, 340.0, budget, 20.0) == pytest.approx(340 - 150 - 20)
+    assert selftrain.again_seconds(240.0, 600.0, budget, 20.0) == 240.0  # never more than the first try had
+    assert selftrain.again_seconds(240.0, 280.0, budget, 20.0) == 0.0  # too short to be worth a try
+
+
+@pytest.mark.slow
+def test_a_round_0_slower_than_the_time_left_does_not_stop_the_next_round(tmp_path, capsys, monkeypatch):
+    labelled = tmp_path / "lab"
+    generate(labelled, 40, seed=21, show=False)
+    generate(tmp_path / "pool", 60, seed=22, show=False)
+    unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 60)
+    calls = []
+
+    def round_0_took_long(cfg, **kw):  # round 0 says it took longer than the whole budget
+        calls.append(cfg)
+        result = train(cfg, **kw)
+        return replace(result, seconds=3600.0) if len(calls) == 1 else result
+
+    monkeypatch.setattr(selftrain, "train", round_0_took_long)
+    result = train(TrainConfig(data=[str(labelled)], unlabelled=str(tmp_path / "unl"), rounds=1, epochs=2, lr=1e-3,
+                               init_from=str(ROOT / "captcha_recognize.pth"), val_split=0.25, batch_size=16,
+                               out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
+    assert "of the time budget is left" not in capsys.readouterr().out
+    assert [h["round"] for h in result.rounds] == [0, 1] and len(calls) == 2
+
+
 def test_unlabelled_images_that_copy_a_labelled_one_are_left_out(digits_dir, tmp_path):
     from selftrain import read_unlabelled
     generate(tmp_path / "pool", 3, seed=24, show=False)
