@@ -159,7 +159,7 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
     best = train(first)
     if best.validation is None or not best.validation.labels:
         raise DataError("too few labelled images for a validation split: self-training needs one")
-    lengths = labelled_lengths(best)
+    lengths = labelled_lengths(best, texts)
     history = [{"round": 0, "pseudo": 0, "val": best.best["sequence_accuracy"], "kept": 0, "tries": 1, "kept_try": 1}]
     r, retried = 1, False
     while r <= rounds:
@@ -238,13 +238,10 @@ def better(a: TrainResult, b: TrainResult) -> bool:
     return key(a) > key(b)
 
 
-def labelled_lengths(result: TrainResult) -> set[int]:
-    """The label lengths a pseudo-label may have: the CNN's one length, the CRNN's labels' lengths."""
+def labelled_lengths(result: TrainResult, texts: list[str]) -> set[int]:
+    """The label lengths a pseudo-label may have: the CNN's one length, else those of the labels ``texts``."""
     rec = CaptchaRecognizer(result.out)
-    if rec.arch == "cnn":
-        return {rec.converter.length}
-    files = labelled_files(result.config.data, result.config.alphabet, rec.model_spec.rules, result.config.recursive)
-    return {len(parse_label(f, result.config.alphabet, rec.model_spec.rules)) for f in files}
+    return {rec.converter.length} if rec.arch == "cnn" else {len(t) for t in texts}
 
 
 def publish(best: TrainResult, out: str, cfg: TrainConfig, history: list[dict[str, Any]]) -> None:
