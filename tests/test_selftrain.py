@@ -27,6 +27,14 @@ def unlabelled_copy(src, dst, n: int):
     return truth
 
 
+def labelled_and_pool(tmp_path):
+    """40 labelled captchas in ``lab`` and 60 others under unlabelled names in ``unl``; returns
+    the labelled folder and the true labels of the unlabelled images."""
+    generate(tmp_path / "lab", 40, seed=21, show=False)
+    generate(tmp_path / "pool", 60, seed=22, show=False)
+    return tmp_path / "lab", unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 60)
+
+
 def test_stable_readings_need_every_perturbed_copy_to_agree(digits_dir):
     rec = CaptchaRecognizer(ROOT / "captcha_recognize.pth")  # a trained reader: some images are borderline
     images, _ = load_images(sorted(digits_dir.iterdir())[:16])
@@ -107,10 +115,7 @@ def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, 
 
 @pytest.mark.slow
 def test_a_good_model_trains_on_its_stable_pseudo_labels(tmp_path, capsys):
-    labelled = tmp_path / "lab"
-    generate(labelled, 40, seed=21, show=False)
-    generate(tmp_path / "pool", 60, seed=22, show=False)
-    truth = unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 60)
+    labelled, truth = labelled_and_pool(tmp_path)
     shipped = str(ROOT / "captcha_recognize.pth")  # a good reader of these captchas to start each round from
     result = train(TrainConfig(data=[str(labelled)], unlabelled=str(tmp_path / "unl"), rounds=1, epochs=2, lr=1e-3,
                                init_from=shipped, val_split=0.25, batch_size=16,
@@ -127,10 +132,7 @@ def test_a_good_model_trains_on_its_stable_pseudo_labels(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_bad_first_draw_of_round_0_is_trained_again_and_the_better_one_goes_on(tmp_path, capsys, monkeypatch):
-    labelled = tmp_path / "lab"
-    generate(labelled, 40, seed=21, show=False)
-    generate(tmp_path / "pool", 60, seed=22, show=False)
-    unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 60)
+    labelled, _ = labelled_and_pool(tmp_path)
     seeds = []  # each round's seed
 
     def first_draw_untrained(cfg, **kw):  # the first draw of round 0 starts from nothing and trains one epoch
@@ -161,10 +163,7 @@ def test_rounds_start_while_a_share_of_the_budget_is_left_whatever_round_0_took(
 
 @pytest.mark.slow
 def test_a_round_0_slower_than_the_time_left_does_not_stop_the_next_round(tmp_path, capsys, monkeypatch):
-    labelled = tmp_path / "lab"
-    generate(labelled, 40, seed=21, show=False)
-    generate(tmp_path / "pool", 60, seed=22, show=False)
-    unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 60)
+    labelled, _ = labelled_and_pool(tmp_path)
     calls = []
 
     def round_0_took_long(cfg, **kw):  # round 0 says it took longer than the whole budget
