@@ -91,9 +91,10 @@ def fit_temperature(logits: torch.Tensor, correct: Sequence[bool], converter: La
         return 1.0
     if y.all():
         return all_right_temperature(logits, converter)
+    path = converter.best_path(logits)  # (N, T|P): the readings, whatever the temperature
 
     def loss(log_t: float) -> float:
-        return nll(converter.log_confidence(logits, math.exp(log_t)), y)
+        return nll(converter.log_confidence(logits, math.exp(log_t), path), y)
 
     grid = torch.linspace(math.log(T_MIN), math.log(T_MAX), 61).tolist()
     best = min(range(len(grid)), key=lambda i: loss(grid[i]))
@@ -119,9 +120,10 @@ def all_right_temperature(logits: torch.Tensor, converter: LabelConverter) -> fl
     of each answer grows as the temperature falls, so bisection on log T finds it)."""
     target = (len(logits) + 1) / (len(logits) + 2)
     lo, hi = math.log(T_MIN), math.log(T_MAX)
+    path = converter.best_path(logits)  # (N, T|P)
     for _ in range(50):
         mid = (lo + hi) / 2
-        if converter.log_confidence(logits, math.exp(mid)).exp().mean().item() > target:
+        if converter.log_confidence(logits, math.exp(mid), path).exp().mean().item() > target:
             lo = mid  # too confident: a higher temperature
         else:
             hi = mid

@@ -11,7 +11,7 @@ from dataset import CASES
 from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW
 from selftrain import MIN_BUDGET as SELF_TRAINING_BUDGET, SYNTHETIC_MIX
 from calibration import TARGET_PRECISION
-from training import DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
+from training import DEFAULT_LR, DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -80,7 +80,9 @@ def train_parser() -> argparse.ArgumentParser:
                         f"{SMALL_SET_STEPS} under {SMALL_SET} training images; at least {MIN_EPOCHS} epochs)")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                    help="images per step (per process under torchrun)")
-    p.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help=f"peak learning rate of the one-cycle schedule (default: {DEFAULT_LR['cnn']:g} for the "
+                        f"CNN, {DEFAULT_LR['crnn']:g} for the CRNN)")
     p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=fraction, default=0.1, help="CNN cross-entropy label smoothing")
     p.add_argument("--clip-grad", type=non_negative_float, default=5.0, help="gradient-norm clipping (0: off)")

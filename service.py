@@ -185,7 +185,7 @@ class Loaded:
     def info(self) -> ModelInfo:
         rec = self.recognizer
         return ModelInfo(name=self.name, arch=rec.arch, alphabet=rec.converter.alphabet,
-                         length=None if rec.converter.ctc else rec.converter.length,
+                         length=rec.converter.fixed_length,
                          input=InputSize(**asdict(rec.spec)), format=self.path.suffix.lstrip(".") or "pth",
                          temperature=rec.temperature, threshold=rec.threshold,
                          loaded_at=datetime.fromtimestamp(self.loaded_at, timezone.utc).isoformat(timespec="milliseconds"),

@@ -57,7 +57,7 @@ class TrainConfig:
     arch: str = "auto"  # "cnn", "crnn", or "auto": chosen from the labels and images (choose_arch)
     epochs: int | None = None
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float | None = None  # peak learning rate; None: DEFAULT_LR of the architecture
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1  # CNN cross-entropy
     clip_grad: float = 5.0  # 0: off
@@ -104,6 +104,7 @@ RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "recursive"
 # how this call runs and reports, not what the run is: a resumed run takes them from the call
 NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet",
                "time_budget"}
+DEFAULT_LR = {"cnn": 3e-3, "crnn": 1e-3}  # peak of the one-cycle schedule per family
 MIN_SIZE = {"cnn": (16, 16), "crnn": (8, 16), "auto": (8, 16)}  # smallest (width, height) each family allows
 
 
@@ -310,13 +311,13 @@ def resolve_defaults(cfg: TrainConfig, init: dict[str, Any] | None, resume: dict
                      n_train: int, labels: Sequence[str], spread: torch.Tensor | None,
                      span: tuple[float, float] | None, world: int) -> TrainConfig:
     """The recipe's data-dependent defaults: architecture (a checkpoint's own when starting from
-    one), splice probability and number of epochs."""
+    one), learning rate, splice probability and number of epochs."""
     arch = init["model_args"]["arch"] if init is not None else cfg.arch
     splice_p = cfg.splice if cfg.splice is not None else default_splice(arch, spread, span, labels)
     epochs = cfg.epochs
     if epochs is None:
         epochs = resume["config"]["epochs"] if resume else default_epochs(n_train, cfg.batch_size, world)
-    return replace(cfg, arch=arch, splice=splice_p, epochs=epochs)
+    return replace(cfg, arch=arch, lr=cfg.lr or DEFAULT_LR[arch], splice=splice_p, epochs=epochs)
 
 
 def label_rules(cfg: TrainConfig, init: dict[str, Any] | None) -> LabelRules:
@@ -348,7 +349,9 @@ def make_task(cfg: TrainConfig, data: LabelledImages | None,
     else:
         w, h = 50, 22
     channels = cfg.channels or CHANNELS[cfg.arch]
-    return LabelConverter(alphabet, length, ctc=cfg.arch == "crnn"), Preprocess(w, h, channels)
+    ctc = cfg.arch == "crnn"  # a CRNN whose labels all have one length reads that length only
+    fixed = ctc and len(lengths) == 1 and length is not None
+    return LabelConverter(alphabet, length, ctc=ctc, fixed=fixed), Preprocess(w, h, channels)
 
 
 def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str]:
@@ -392,7 +395,7 @@ def build_datasets(cfg: TrainConfig, data: LabelledImages | None, conv: LabelCon
         keep = [i for i, s in enumerate(data.labels) if conv.accepts(s)]
         if len(keep) < len(data.labels):
             log(f"warning: skipped {plural(len(data.labels) - len(keep), 'image')} whose label does not fit "
-                f"alphabet {conv.alphabet!r}" + ("" if conv.ctc else f" and length {conv.length}"))
+                f"alphabet {conv.alphabet!r}" + (f" and length {conv.fixed_length}" if conv.fixed_length else ""))
         if not keep:
             raise DataError("no image has a label that fits the alphabet and length")
         arrays = to_arrays([data.images[i] for i in keep], spec)  # (N, C, H, W) uint8
@@ -713,7 +716,7 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
     spread = column_spread(real.arrays) if isinstance(real, ArrayDataset) else None  # (W,)
     span = text_span(spread) if spread is not None else None  # where splice cuts
     cfg = resolve_defaults(cfg, init, resume, len(train_set), getattr(real, "labels", []), spread, span, d.world)
-    spec = ModelSpec(cfg.arch, conv.alphabet, conv.length, pre, label_rules(cfg, init))
+    spec = ModelSpec(cfg.arch, conv.alphabet, conv.length, pre, label_rules(cfg, init), fixed_length=conv.fixed)
     model_args = dict(init["model_args"]) if init is not None else asdict(ModelConfig(
         arch=cfg.arch, n_classes=len(conv.alphabet), n_positions=conv.length or 0, in_channels=pre.channels,
         img_h=pre.height, img_w=pre.width))
@@ -884,7 +887,7 @@ def describe(run: Run) -> str:
     """The run's one-line summary printed before the first epoch."""
     cfg, conv, pre = run.cfg, run.converter, run.spec.preprocess
     return (f"{cfg.arch}: {len(run.train_set)} training / {len(run.val.labels)} validation images, alphabet "
-            f"{conv.alphabet!r}, length {conv.length if not conv.ctc else 'any'}, input "
+            f"{conv.alphabet!r}, length {conv.fixed_length or 'any'}, input "
             f"{pre.width}x{pre.height}x{pre.channels}, {plural(cfg.epochs, 'epoch')}"
             + (f", splice {cfg.splice}" if cfg.splice and cfg.augment else "") + f", device {run.device}"
             + (f", {run.d.world} processes" if run.d.enabled else "")

@@ -1,13 +1,15 @@
 """Label parsing, the label converter, alphabet inference, bad input, preprocessing, splits."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dataset import (DataError, LabelConverter, Preprocess, auto_size, image_to_array, infer_alphabet, parse_label,
-                     preprocess, read_labelled, split_indices)
+from dataset import (DataError, LabelConverter, LabelledImages, Preprocess, auto_size, ctc_path_of_length, image_to_array,
+                     infer_alphabet, parse_label, preprocess, read_labelled, split_indices)
 from synthetic import render_captcha
 from training import TrainConfig, make_task
 
@@ -38,6 +40,50 @@ def test_ctc_decode_collapses_repeats_and_drops_blanks():
     texts, confs = conv.decode(logits)
     assert texts == ["aabc"]
     assert 0.99 < confs[0] <= 1.0
+
+
+def one_hot_steps(steps: list[int], k: int, high: float = 10.0) -> torch.Tensor:
+    """Logits ``(1, T, k)`` that pick ``steps[t]`` at step t."""
+    logits = torch.full((1, len(steps), k), -high)
+    logits[0, torch.arange(len(steps)), torch.tensor(steps)] = high
+    return logits
+
+
+def test_fixed_length_ctc_reads_a_doubled_letter_the_greedy_decode_merges():
+    free, fixed = LabelConverter("abc", 3, ctc=True), LabelConverter("abc", 3, ctc=True, fixed=True)
+    logits = one_hot_steps([1, 1, 1, 0, 2, 0], 4, high=2.0)  # a a a _ b _: greedy "ab"
+    logits[0, 1, 0] = 1.5  # the blank between the two a's is the runner-up at step 1
+    assert free.decode(logits)[0] == ["ab"]
+    texts, confs = fixed.decode(logits)
+    assert texts == ["aab"] and confs[0] < free.decode(logits)[1][0]  # a less likely path, a lower confidence
+    right = one_hot_steps([1, 0, 1, 0, 2, 2], 4)  # greedy already reads 3 characters: unchanged
+    assert fixed.decode(right) == free.decode(right)
+    assert fixed.fixed_length == 3 and free.fixed_length is None and not fixed.accepts("ab")
+
+
+def test_fixed_length_ctc_path_is_the_most_probable_of_that_length():
+    conv = LabelConverter("ab", 2, ctc=True, fixed=True)
+    gen = torch.Generator().manual_seed(0)
+    log_p = (2 * torch.randn(40, 5, 3, generator=gen)).log_softmax(-1)  # (B, T, K)
+    paths = torch.tensor(list(itertools.product(range(3), repeat=5)))  # (3^5, T): every alignment
+    lengths = torch.tensor([len(kept) for kept in conv.collapse(paths)])
+    scores = log_p[:, torch.arange(5), paths].sum(-1)  # (B, 3^5)
+    best = scores.masked_fill(lengths != 2, float("-inf")).max(-1).values  # (B,)
+    got = ctc_path_of_length(log_p, 2, log_p.argmax(-1))
+    assert [len(kept) for kept in conv.collapse(got)] == [2] * 40
+    assert torch.allclose(log_p.gather(-1, got.unsqueeze(-1)).squeeze(-1).sum(-1), best)
+    short = ctc_path_of_length(log_p[:1, :2], 3, log_p[:1, :2].argmax(-1))  # 2 steps cannot hold 3 characters
+    assert torch.equal(short, log_p[:1, :2].argmax(-1))
+
+
+def test_a_crnn_reads_the_one_length_its_labels_have(tmp_path):
+    for label in ("ab12", "cd34", "ef5"):
+        render_captcha(label, 0, 120, 40).save(tmp_path / f"{label}.png")
+    data = read_labelled([tmp_path])
+    mixed, _ = make_task(TrainConfig(arch="crnn"), data, None)
+    one = LabelledImages(data.images[:2], data.labels[:2], data.paths[:2])
+    fixed, _ = make_task(TrainConfig(arch="crnn"), one, None)
+    assert (mixed.fixed, mixed.fixed_length) == (False, None) and (fixed.fixed, fixed.fixed_length) == (True, 4)
 
 
 def test_ctc_encode_concatenates_targets():

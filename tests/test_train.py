@@ -10,7 +10,7 @@ import torch
 
 from checkpoint import load_checkpoint
 from conftest import run_script
-from training import EMA, TrainConfig, default_epochs, is_best, train
+from training import DEFAULT_LR, EMA, TrainConfig, default_epochs, is_best, train
 
 
 def test_the_second_half_of_the_schedule_picks_its_own_best_epoch():
@@ -84,6 +84,7 @@ def test_train_from_python_resolves_defaults_without_changing_the_config(digits_
     assert len(result.history) == 2 and result.best["epoch"] in (1, 2)
     saved = load_checkpoint(result.out)["config"]
     assert saved["arch"] == "crnn" and saved["epochs"] == 2 and saved["splice"] == result.config.splice
+    assert cfg.lr is None and saved["lr"] == result.config.lr == DEFAULT_LR["crnn"] != DEFAULT_LR["cnn"]
 
 
 # ----------------------------------------------------------------- outputs, resume, mistakes
