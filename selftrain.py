@@ -239,9 +239,10 @@ def better(a: TrainResult, b: TrainResult) -> bool:
 
 
 def labelled_lengths(result: TrainResult, texts: list[str]) -> set[int]:
-    """The label lengths a pseudo-label may have: the CNN's one length, else those of the labels ``texts``."""
-    rec = CaptchaRecognizer(result.out)
-    return {rec.converter.length} if rec.arch == "cnn" else {len(t) for t in texts}
+    """The label lengths a pseudo-label may have: the model's one length (``fixed_length``), else those of
+    the labels ``texts``."""
+    fixed = CaptchaRecognizer(result.out).converter.fixed_length
+    return {fixed} if fixed else {len(t) for t in texts}
 
 
 def publish(best: TrainResult, out: str, cfg: TrainConfig, history: list[dict[str, Any]]) -> None:
