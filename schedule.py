@@ -1,5 +1,6 @@
 """How long training runs: a planned one-cycle schedule that fits a time budget, extended by
-further cycles while the validation score still improves, and a check for a run stuck at chance.
+further cycles while the validation score still improves, and a check for a run stuck at chance
+or, for a CRNN, slow to start.
 
 The plan is the recipe's step count (``training.default_epochs``). If the first epoch shows that
 the plan would overrun the budget, the schedule is shortened to fit, and so again at each tenth of
@@ -28,6 +29,8 @@ STRETCH_BELOW = 0.9  # validation sequence accuracy halfway through the plan und
 STRETCH_MIN_VAL = 40  # validation images needed to judge that (on fewer, one image moves it 2.5% or more)
 CHANCE_AT = 0.3  # share of the planned epochs after which a run still at chance is retried
 CHANCE_MIN_STEPS = 400  # plans shorter than this are not judged
+SLOW_BELOW = 0.5  # validation characters a CRNN reads at that check under which it starts again from another init
+SLOW_MIN_VAL = 40  # validation images needed to judge that
 REFIT_SHARE = 0.1  # after the first epoch, the budget is checked again each time this share of the plan is done
 PACE_EPOCHS = 3  # epochs whose median time gives the pace of the rest
 
@@ -95,3 +98,11 @@ def at_chance(history: Sequence[dict[str, Any]], n_classes: int, ctc: bool) -> b
         return False
     guessing = s["character_accuracy"] <= 2.0 / n_classes
     return guessing and (ctc or s["loss"] >= 0.9 * history[0]["loss"])
+
+
+def slow_start(history: Sequence[dict[str, Any]], n_val: int) -> bool:
+    """Whether a CRNN is still far from reading: under ``SLOW_BELOW`` of the characters of its (at
+    least ``SLOW_MIN_VAL``) validation images. CTC leaves its all-blank plateau late or early
+    depending on the initialisation, and a late start leaves too little of the budget to learn in."""
+    s = history[-1]
+    return n_val >= SLOW_MIN_VAL and s.get("character_accuracy", 1.0) < SLOW_BELOW

@@ -825,21 +825,31 @@ def resize_cycle(run: Run, n: int) -> None:
 
 
 def check_chance(run: Run, epoch: int) -> None:
-    """A third of the way into the plan (at least 5 epochs), a run still reading no better than guessing starts
-    again once: the CNN as a CRNN, a CRNN with a third of the learning rate."""
+    """A third of the way into the plan (at least 5 epochs), a run still reading no better than guessing, or a
+    CRNN still far from reading (``schedule.slow_start``), starts again once: the CNN as a CRNN, a CRNN from
+    another initialisation (seed + 1, the same validation split), at a third of the learning rate if at chance."""
     run.chance_due = due = run.chance_due or max(5, math.ceil(schedule.CHANCE_AT * run.plan_epochs))  # a later
     # refit of the plan to the budget does not move it
     short = run.plan_epochs * len(run.loader) < schedule.CHANCE_MIN_STEPS  # too short to judge
     if not run.can_retry or short or not run.val.labels or epoch != due or due > run.plan_epochs:
         return
-    if not schedule.at_chance(run.history, len(run.converter.alphabet), run.converter.ctc):
+    chance = schedule.at_chance(run.history, len(run.converter.alphabet), run.converter.ctc)
+    fresh = run.cfg.arch == "crnn" and not run.cfg.init_from  # its weights are its own initialisation
+    if not chance and not (fresh and schedule.slow_start(run.history, len(run.val.labels))):
         return
     if run.cfg.arch == "cnn" and not run.cfg.init_from:
         new, change = replace(run.given, arch="crnn"), "starting again as a CRNN, which reads text at any place"
-    else:
+    elif not fresh:
         new, change = replace(run.given, lr=run.cfg.lr / 3), f"starting again at learning rate {run.cfg.lr / 3:.2g}"
+    else:
+        lr = run.cfg.lr / 3 if chance else run.cfg.lr
+        new = replace(run.given, seed=run.cfg.seed + 1, split_seed=run.cfg.val_seed, lr=lr)
+        change = f"starting again from another initialisation (seed {new.seed})" + \
+            (f" at learning rate {lr:.2g}" if chance else "")
+    read = "no better than guessing" if chance else \
+        f"only {100 * run.history[-1]['character_accuracy']:.0f}% of their characters"
     raise StuckAtChance(new, f"after {plural(epoch, 'epoch')} the {run.cfg.arch} still reads the validation "
-                             f"images no better than guessing: {change}")
+                             f"images {read}: {change}")
 
 
 def extend(run: Run, epoch: int) -> None:
@@ -965,7 +975,7 @@ def attempt(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: to
         run_schedule(runs[-1])
     except StuckAtChance as e:
         log(e.message)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(e.cfg.seed)
         spent = (time.time() - runs[-1].started) / 60
         left = (cfg.time_budget or runs[-1].budget / 60) - spent  # the retry gets what is left of the budget
         runs.append(setup(replace(e.cfg, time_budget=max(1.0, left)), None, d, device, log, extra,

@@ -64,6 +64,12 @@ def test_at_chance_is_guessing_with_a_loss_that_did_not_fall():
     assert not schedule.at_chance(fell, 33, ctc=False) and schedule.at_chance(fell, 33, ctc=True)
 
 
+def test_slow_start_is_far_from_reading_the_characters_of_enough_validation_images():
+    history = [{"loss": 9.0, "character_accuracy": 0.1}, {"loss": 5.0, "character_accuracy": 0.3}]
+    assert schedule.slow_start(history, 40) and not schedule.slow_start(history, 39)
+    assert not schedule.slow_start(history[:1] + [{"loss": 2.0, "character_accuracy": 0.5}], 40)
+
+
 def test_replan_keeps_the_step_and_lr_and_moves_the_end():
     w = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([w], lr=0.01)
@@ -137,3 +143,31 @@ def test_the_check_for_chance_stays_where_the_first_plan_put_it_when_a_refit_sho
     out = capsys.readouterr().out
     assert "holds 20 of the 40 planned epochs" in out  # the refit after epoch 8
     assert "after 12 epochs the cnn still reads the validation images no better than guessing" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, chance", [("crnn", False), ("crnn", True), ("cnn", False)])
+def test_a_crnn_slow_to_start_starts_again_from_another_initialisation(arch, chance, digits_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    monkeypatch.setattr(schedule, "at_chance", lambda *a: chance)
+    monkeypatch.setattr(schedule, "SLOW_MIN_VAL", 0)  # digits_dir has 6 validation images
+    monkeypatch.setattr(schedule, "SLOW_BELOW", 1.01)  # every run is slow
+    monkeypatch.setattr(schedule, "CHANCE_MIN_STEPS", 0)
+    seeds = []
+    build = training.build_network
+    monkeypatch.setattr(training, "build_network", lambda *a: seeds.append(torch.initial_seed()) or build(*a))
+    result = train(TrainConfig(data=[str(digits_dir)], arch=arch, epochs=6, seed=3, out=str(tmp_path / "m.pth"),
+                               plot="none", show_errors=0))
+    out = capsys.readouterr().out
+    if arch == "cnn":  # the CNN is judged only at chance
+        assert "starting again" not in out and seeds == [3] and len(result.history) == 6
+        return
+    read = "no better than guessing" if chance else "only"
+    change = "another initialisation (seed 4)" + (" at learning rate 0.00033" if chance else "")
+    assert f"after 5 epochs the crnn still reads the validation images {read}" in out
+    assert f"starting again from {change}" in out and out.count("starting again") == 1
+    assert seeds == [3, 4] and result.config.seed == 4 and result.config.split_seed == 3
+    assert result.config.lr == pytest.approx(1e-3 / 3 if chance else 1e-3)
+    alone = train(TrainConfig(data=[str(digits_dir)], arch=arch, epochs=1, seed=3, out=str(tmp_path / "n.pth"),
+                              plot="none", show_errors=0))
+    assert result.validation.names == alone.validation.names  # the same validation split
