@@ -530,7 +530,7 @@ class Run:
     saved_epoch: int = 0  # the epoch it was written after
     best_unsaved: bool = False  # a new best epoch since then, kept in ``best_state`` only
     given: TrainConfig | None = None  # the config before the data-dependent defaults, for a retry
-    can_retry: bool = True  # a run stuck at chance may start once more, changed
+    can_retry: bool = True  # a run stuck at chance (or a CRNN slow to start) may start once more, changed
     plan_epochs: int = 0  # the planned cycle's length (extensions come after it)
     grown_from: int = 0  # the plan's length before it grew halfway (0: it did not)
     chance_due: int = 0  # the epoch that checks for a run stuck at chance, fixed by the plan at the first check
@@ -968,7 +968,7 @@ def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
 
 def attempt(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torch.device,
             log: Callable[..., None], extra: LabelledImages | None, runs: list[Run]) -> Run:
-    """Set up and run the schedule; a run stuck at chance starts once more, changed."""
+    """Set up and run the schedule; a run stuck at chance (or a CRNN slow to start) starts once more, changed."""
     runs.append(setup(cfg, resume, d, device, log, extra, can_retry=resume is None))
     log(describe(runs[-1]))
     try:
