@@ -846,10 +846,9 @@ def check_chance(run: Run, epoch: int) -> None:
         new = replace(run.given, seed=run.cfg.seed + 1, split_seed=run.cfg.val_seed, lr=lr)
         change = f"starting again from another initialisation (seed {new.seed})" + \
             (f" at learning rate {lr:.2g}" if chance else "")
-    read = "no better than guessing" if chance else \
-        f"only {100 * run.history[-1]['character_accuracy']:.0f}% of their characters"
-    raise StuckAtChance(new, f"after {plural(epoch, 'epoch')} the {run.cfg.arch} still reads the validation "
-                             f"images {read}: {change}")
+    read = "the validation images no better than guessing" if chance else \
+        f"only {100 * run.history[-1]['character_accuracy']:.0f}% of the validation characters"
+    raise StuckAtChance(new, f"after {plural(epoch, 'epoch')} the {run.cfg.arch} still reads {read}: {change}")
 
 
 def extend(run: Run, epoch: int) -> None:
