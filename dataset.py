@@ -179,14 +179,21 @@ class LabelConverter:
         """The class read at each position or time step ``(B, T|P)``: the most probable one
         (greedy), except that a fixed-length CRNN whose greedy reading has another length takes
         the most probable alignment of exactly ``length`` characters instead."""
+        return self._read(logits)[0]
+
+    def _read(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[list[int]] | None]:
+        """``best_path`` and, for CTC, its rows collapsed (``collapse``), each row collapsed once."""
         path = logits.argmax(-1)  # (B, T|P)
-        if not self.fixed:
-            return path
-        wrong = [i for i, kept in enumerate(self.collapse(path)) if len(kept) != self.length]
+        if not self.ctc:
+            return path, None
+        kept = self.collapse(path)
+        wrong = [i for i, k in enumerate(kept) if len(k) != self.length] if self.fixed else []
         if wrong:
             rows = torch.tensor(wrong)
             path[rows] = ctc_path_of_length(logits[rows].float().log_softmax(-1), self.length, path[rows])
-        return path
+            for i, k in zip(wrong, self.collapse(path[rows])):
+                kept[i] = k
+        return path, kept
 
     def log_confidence(self, logits: torch.Tensor, temperature: float = 1.0,
                        path: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,11 +213,11 @@ class LabelConverter:
         (``log_confidence``); the temperature changes the confidence, never the text. CTC
         decoding follows ``best_path``: collapse repeats, then drop blanks.
         """
-        path = self.best_path(logits)  # (B, T|P)
+        path, kept = self._read(logits)  # (B, T|P), CTC: the characters read per row
         conf = self.log_confidence(logits, temperature, path).exp().tolist()
         chars = self.alphabet
-        if self.ctc:
-            return ["".join(chars[k - 1] for k in kept) for kept in self.collapse(path)], conf
+        if kept is not None:
+            return ["".join(chars[k - 1] for k in row) for row in kept], conf
         return ["".join(chars[k] for k in row) for row in path.tolist()], conf
 
 
