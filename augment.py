@@ -23,12 +23,17 @@ class Augment:
     lines: float = 0.3  # probability of each random stroke
     strokes: int = 1  # strokes drawn (each with probability ``lines``)
     arcs: float = 0.0  # share of the strokes that are circle arcs instead of straight lines
-    width: float = 1.0  # strokes are 1 to ``width`` pixels wide
+    width: float = 1.0  # strokes are 1 to ``width`` pixels wide per STROKE_ROWS rows of input (at least 1x)
+
+
+# Stroke widths are given for inputs up to this many rows high and grow with taller inputs: the
+# lines across a 64-row captcha are about twice as wide as across a 32-row one.
+STROKE_ROWS = 32
 
 
 # ``--strokes``: real captchas cross their characters with lines and arcs. "arcs" (the
 # default) draws two strokes, half of them circle arcs, up to 2 pixels wide; "line" one
-# straight 1-pixel line.
+# straight 1-pixel line (both per STROKE_ROWS rows of input).
 STROKES = {"arcs": Augment(lines=0.5, strokes=2, arcs=0.5, width=2.0), "line": Augment()}
 
 
@@ -121,8 +126,10 @@ def splice(x: torch.Tensor, labels: Sequence[str], p: float, span: tuple[float, 
 
 def _draw_strokes(x: torch.Tensor, aug: Augment, gen: torch.Generator | None) -> torch.Tensor:
     """``aug.strokes`` times, with probability ``aug.lines`` per image, a thin stroke of random
-    intensity: a straight line or (share ``aug.arcs``) an arc of a circle."""
+    intensity: a straight line or (share ``aug.arcs``) an arc of a circle, its width in pixels
+    scaled by the input's height over ``STROKE_ROWS`` where that is over 1."""
     b, c, h, w = x.shape
+    rows = max(1.0, h / STROKE_ROWS)
     ys = torch.linspace(-1, 1, h).view(1, h, 1)
     xs = torch.linspace(-1, 1, w).view(1, 1, w)
     r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
@@ -134,8 +141,8 @@ def _draw_strokes(x: torch.Tensor, aug: Augment, gen: torch.Generator | None) ->
         if aug.arcs > 0:
             arc = _arc_distance(ys, xs * (w / h), b, r)  # (B, H, W)
             dist = torch.where((r(b) < aug.arcs).view(b, 1, 1), arc, dist)
-        half = 1.0 if aug.width <= 1 else (1 + r(b) * (aug.width - 1)).view(b, 1, 1)  # pixels
-        mask = (dist < half / h).float() * (r(b) < aug.lines).float().view(b, 1, 1)
+        px = 1.0 if aug.width <= 1 else (1 + r(b) * (aug.width - 1)).view(b, 1, 1)  # pixels per STROKE_ROWS rows
+        mask = (dist < px * rows / h).float() * (r(b) < aug.lines).float().view(b, 1, 1)
         value = (r(b, c) * 2 - 1).view(b, c, 1, 1)
         mask = mask.unsqueeze(1)  # (B, 1, H, W)
         x = x * (1 - mask) + value * mask

@@ -117,7 +117,8 @@ def train_parser() -> argparse.ArgumentParser:
                         "fixed-pitch text, else 0)")
     p.add_argument("--strokes", choices=list(STROKES), default="arcs",
                    help="noise strokes drawn across training images: 'arcs' = two, lines or circle arcs "
-                        "1-2 pixels wide; 'line' = one straight line")
+                        "1-2 pixels wide; 'line' = one straight line (widths per 32 rows of input: twice "
+                        "as wide at 64)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--synthetic", type=non_negative_int, default=None, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "

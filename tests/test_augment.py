@@ -21,9 +21,9 @@ def test_augment_keeps_shape_and_range_and_changes_pixels():
     assert torch.allclose(still, x, atol=1e-5)  # all strengths 0: identity
 
 
-def stroke_marks(**stroke: float) -> torch.Tensor:
+def stroke_marks(size: tuple[int, int] = (50, 22), **stroke: float) -> torch.Tensor:
     """Pixels ``(N, H, W)`` that strokes alone (every other strength 0) drew on blank images."""
-    x = torch.zeros(64, 3, 22, 50)
+    x = torch.zeros(64, 3, size[1], size[0])
     y = augment(x, Augment(0, 0, 0, 0, 0, 0, 0, lines=1.0, **stroke), torch.Generator().manual_seed(0))
     return (y != 0).any(1)
 
@@ -45,6 +45,14 @@ def test_strokes_count_width_and_arcs():
     assert stroke_marks(strokes=2).sum().item() > 1.6 * one
     assert stroke_marks(width=2.0).sum().item() > 1.3 * one
     assert off_line(stroke_marks(arcs=1.0)) > 3 * off_line(stroke_marks())
+
+
+def test_strokes_grow_with_the_input_height():
+    """Up to 32 rows a stroke is 1-2 pixels wide whatever the height; at 64 rows twice that."""
+    def per_column(w: int, h: int) -> float:  # marked pixels per image column
+        return stroke_marks((w, h), width=2.0).sum().item() / w
+    assert per_column(80, 22) == pytest.approx(per_column(80, 32), rel=0.15)
+    assert per_column(80, 64) == pytest.approx(2 * per_column(80, 32), rel=0.15)
 
 
 def test_strokes_flag_picks_the_stroke_augmentation():
