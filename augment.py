@@ -23,7 +23,7 @@ class Augment:
     lines: float = 0.3  # probability of each random stroke
     strokes: int = 1  # strokes drawn (each with probability ``lines``)
     arcs: float = 0.0  # share of the strokes that are circle arcs instead of straight lines
-    width: float = 1.0  # strokes are 1 to ``width`` pixels wide per STROKE_ROWS rows of input (at least 1x)
+    width: float = 1.0  # strokes are 1 to ``width`` pixels wide, scaled up on inputs taller than STROKE_ROWS
 
 
 # Stroke widths are given for inputs up to this many rows high and grow with taller inputs: the
