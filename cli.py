@@ -9,7 +9,7 @@ from typing import Callable, NoReturn, Sequence
 from augment import STROKES
 from dataset import CASES
 from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW
-from selftrain import MIN_BUDGET as SELF_TRAINING_BUDGET, SYNTHETIC_MIX
+from selftrain import FIRST_LR, MIN_BUDGET as SELF_TRAINING_BUDGET, SYNTHETIC_MIX
 from calibration import TARGET_PRECISION
 from training import DEFAULT_LR, DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
 
@@ -82,7 +82,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="images per step (per process under torchrun)")
     p.add_argument("--lr", type=positive_float, default=None,
                    help=f"peak learning rate of the one-cycle schedule (default: {DEFAULT_LR['cnn']:g} for the "
-                        f"CNN, {DEFAULT_LR['crnn']:g} for the CRNN)")
+                        f"CNN, {DEFAULT_LR['crnn']:g} for the CRNN; with --unlabelled, {FIRST_LR:g} in a "
+                        f"labelled-only CRNN round under {SMALL_SET} labels)")
     p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=fraction, default=0.1, help="CNN cross-entropy label smoothing")
     p.add_argument("--clip-grad", type=non_negative_float, default=5.0, help="gradient-norm clipping (0: off)")

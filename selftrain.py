@@ -46,6 +46,7 @@ AGAIN_SEED = 1000  # the labelled-only round's second try trains from seed + AGA
 ROUND_SHARE = 0.25  # a pseudo-label round starts only with this share of the budget left
 AGAIN_MIN = 0.5  # the second try runs only with at least this share of the first try's time for it
 SYNTHETIC_MIX = 200  # generated captchas per epoch in a labelled-only CRNN round under SMALL_SET labels
+FIRST_LR = 3e-3  # peak learning rate of a labelled-only CRNN round under SMALL_SET labels, unless --lr says
 
 
 def read_unlabelled(folder: str, recursive: bool, labelled: list[str]) -> tuple[list[Image.Image], list[Path]]:
@@ -134,7 +135,8 @@ def first_round(base: TrainConfig, texts: list[str], work: Path, deadline: float
     """The labelled-only round's training, with ``FIRST_SHARE`` of the budget, and the line that
     announces it. Under ``SMALL_SET`` labels it is a CRNN when the architecture is left to ``auto``,
     and a CRNN round mixes ``SYNTHETIC_MIX`` generated captchas of the labels' alphabet and length
-    into each epoch unless ``--synthetic`` says otherwise (labels of one length only)."""
+    into each epoch unless ``--synthetic`` says otherwise (labels of one length only), and trains at
+    ``FIRST_LR`` unless ``--lr`` says otherwise."""
     cfg = round_config(base, work, 0, deadline, FIRST_SHARE)
     few = len(texts) < SMALL_SET and not base.init_from
     notes = []
@@ -146,6 +148,9 @@ def first_round(base: TrainConfig, texts: list[str], work: Path, deadline: float
         cfg = replace(cfg, synthetic=SYNTHETIC_MIX)
         notes.append(f"with {SYNTHETIC_MIX} generated captchas of the labels' alphabet and length in each epoch "
                      "(--synthetic 0 to leave them out)")
+    if cfg.arch == "crnn" and few and base.lr is None:
+        cfg = replace(cfg, lr=FIRST_LR)
+        notes.append(f"at learning rate {FIRST_LR:g} (--lr to choose)")
     return cfg, "round 0: the labelled images alone" + "".join(f", {n}" for n in notes)
 
 

@@ -12,7 +12,7 @@ from dataset import load_images, to_arrays
 from recognizer import CaptchaRecognizer
 from runtime import ConfigError
 import selftrain
-from selftrain import AGAIN_SEED, FIRST_SHARE, SMALL_SET, SYNTHETIC_MIX, first_round, stable_readings
+from selftrain import AGAIN_SEED, FIRST_LR, FIRST_SHARE, SMALL_SET, SYNTHETIC_MIX, first_round, stable_readings
 from synthetic import generate
 from training import TrainConfig, train
 
@@ -79,6 +79,21 @@ def test_a_crnn_round_on_few_labels_of_one_length_mixes_in_generated_captchas(tm
         assert not cfg.synthetic and "generated" not in line
     later = selftrain.round_config(replace(TrainConfig(), out="m.pth"), tmp_path, 1, deadline)
     assert not later.synthetic  # the rounds with pseudo-labels have images enough
+
+
+def test_a_crnn_round_on_few_labels_trains_at_its_own_rate_unless_told(tmp_path):
+    deadline = time.time() + 600
+    few = ["1234"] * (SMALL_SET - 1)
+    cfg, line = first_round(TrainConfig(), few, tmp_path, deadline)
+    assert cfg.lr == FIRST_LR and f"at learning rate {FIRST_LR:g}" in line
+    assert first_round(TrainConfig(arch="crnn"), ["1234", "12345"] * 10, tmp_path, deadline)[0].lr == FIRST_LR
+    assert first_round(TrainConfig(lr=5e-4), few, tmp_path, deadline)[0].lr == 5e-4  # the user's call
+    for cfg, texts in ((TrainConfig(), ["1234"] * SMALL_SET), (TrainConfig(arch="cnn"), few),
+                       (TrainConfig(init_from="x.pth"), few)):
+        cfg, line = first_round(cfg, texts, tmp_path, deadline)
+        assert cfg.lr is None and "learning rate" not in line  # the family's default, resolved by train()
+    later = selftrain.round_config(replace(TrainConfig(), out="m.pth"), tmp_path, 1, deadline)
+    assert later.lr is None
 
 
 @pytest.mark.slow
