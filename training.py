@@ -174,8 +174,12 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Leave the process group; after a finished run, only once every rank is done with it (a rank
+        that tears down Gloo while another still uses it can abort at exit)."""
         if self.enabled and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -930,11 +934,14 @@ def train(cfg: TrainConfig, extra: LabelledImages | None = None) -> TrainResult:
     cfg, resume = prepare(cfg)
     d = Dist()
     lock = output_lock(cfg.out) if d.main else contextlib.nullcontext()
+    finished = False
     try:
         with lock:
-            return train_locked(cfg, resume, d, extra)
+            result = train_locked(cfg, resume, d, extra)
+        finished = True
+        return result
     finally:
-        d.close()
+        d.close(finished)
 
 
 def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
