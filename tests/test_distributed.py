@@ -117,3 +117,17 @@ def test_synthetic_mode_without_a_folder_and_with_one(digits_dir, tmp_path):
                    "--init-from", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "80 training / 16 validation" in r.stdout  # 48 real + 32 synthetic; validation stays real
+
+
+def test_a_finished_rank_waits_for_the_others_before_leaving_the_group(monkeypatch):
+    import training
+    calls: list[str] = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(training.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(training.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(training.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    training.Dist().close(finished=True)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    training.Dist().close()  # after an error the other ranks may never get there
+    assert calls == ["destroy"]
