@@ -24,6 +24,7 @@ class Augment:
     strokes: int = 1  # strokes drawn (each with probability ``lines``)
     arcs: float = 0.0  # share of the strokes that are circle arcs instead of straight lines
     width: float = 1.0  # strokes are 1 to ``width`` pixels wide, scaled up on inputs taller than STROKE_ROWS
+    warp: float = 0.0  # max smooth local displacement, fraction of the input's height
 
 
 # Stroke widths are given for inputs up to this many rows high and grow with taller inputs: the
@@ -50,6 +51,8 @@ def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator | None = None) -
     theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
     theta[:, :, 2] = u(b, 2) * aug.shift * 2
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+    if aug.warp > 0:
+        grid = grid + _smooth_displacement(b, h, w, aug.warp, gen)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     contrast = 1 + u(b, 1, 1, 1) * aug.contrast
@@ -122,6 +125,22 @@ def splice(x: torch.Tensor, labels: Sequence[str], p: float, span: tuple[float, 
     new = [s[:j] + labels[i][j:] if u else s
            for s, i, j, u in zip(labels, partner.tolist(), k.tolist(), use.tolist())]
     return out.contiguous(memory_format=torch.channels_last), new
+
+
+WARP = 0.05  # default ``Augment.warp`` of training (``--warp``)
+WARP_KNOTS = 3  # random displacements per input height that the warp interpolates between
+
+
+def _smooth_displacement(b: int, h: int, w: int, warp: float, gen: torch.Generator | None) -> torch.Tensor:
+    """A random smooth displacement field ``(B, H, W, 2)`` in ``grid_sample`` units: random
+    offsets of up to ``warp`` input heights at WARP_KNOTS knots per height, bicubically
+    interpolated, so strokes bend as in captchas drawn through a wave distortion."""
+    kh, kw = WARP_KNOTS, max(WARP_KNOTS, round(WARP_KNOTS * w / h))
+    knots = (torch.rand(b, 2, kh, kw, generator=gen) * 2 - 1) * warp * h  # (B, 2, kh, kw) in pixels
+    field = F.interpolate(knots, size=(h, w), mode="bicubic", align_corners=True)  # (B, 2, H, W)
+    field = field.clamp(-warp * h, warp * h)  # bicubic overshoots its knots a little
+    field = field * torch.tensor([2 / w, 2 / h]).view(1, 2, 1, 1)  # pixels -> [-1, 1] units (x, y)
+    return field.permute(0, 2, 3, 1)  # (B, H, W, 2)
 
 
 def _draw_strokes(x: torch.Tensor, aug: Augment, gen: torch.Generator | None) -> torch.Tensor:

@@ -29,7 +29,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import schedule
-from augment import STROKES, augment, column_spread, evenly_spaced, splice, text_span
+from augment import STROKES, WARP, augment, column_spread, evenly_spaced, splice, text_span
 from calibration import TARGET_PRECISION, calibrate_run
 from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
                         remove_stale_temporaries)
@@ -78,6 +78,7 @@ class TrainConfig:
     channels: int | None = None  # 3 colour, 1 grey
     splice: float | None = None
     strokes: str = "arcs"  # key of augment.STROKES
+    warp: float = WARP  # max smooth local displacement of training images, fraction of the input height
     augment: bool = True
     synthetic: int | None = None  # freshly generated captchas added per epoch; None: none (selftrain.py may add some)
     unlabelled: str | None = None  # folder of unlabelled captchas for semi-supervised training (selftrain.py)
@@ -229,6 +230,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("case", f"must be keep, lower or upper, got {cfg.case!r}")
     if cfg.strokes not in STROKES:
         raise ConfigError("strokes", f"must be one of {', '.join(STROKES)}, got {cfg.strokes!r}")
+    if not 0 <= cfg.warp <= 0.5:
+        raise ConfigError("warp", f"must be in [0, 0.5] (a fraction of the input height), got {cfg.warp!r}")
     if cfg.alphabet is not None and (not cfg.alphabet or len(set(cfg.alphabet)) != len(cfg.alphabet)):
         raise ConfigError("alphabet", f"must list each character once, got {cfg.alphabet!r}")
     pick_device(cfg.device)
@@ -558,7 +561,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, list[float], int]:
     """One pass over the loader; returns summed loss, summed per-head losses, batches."""
     cfg, model, conv = run.cfg, run.model, run.converter
     model.train()
-    aug = STROKES[cfg.strokes] if cfg.augment else None
+    aug = replace(STROKES[cfg.strokes], warp=cfg.warp) if cfg.augment else None
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1009 + run.d.rank)
     total, heads, batches = 0.0, [], 0
     bar = tqdm(run.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True,

@@ -1,10 +1,12 @@
 """Training-time augmentation: the warp, the strokes, splice and the text columns it cuts at."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from augment import STROKES, Augment, augment, column_spread, evenly_spaced, splice, text_span
+from augment import STROKES, WARP, Augment, augment, column_spread, evenly_spaced, splice, text_span
 from cli import train_config
 from dataset import normalize
 from training import default_splice
@@ -19,6 +21,24 @@ def test_augment_keeps_shape_and_range_and_changes_pixels():
     assert torch.equal(y, z)  # reproducible from the generator
     still = augment(x, Augment(0, 0, 0, 0, 0, 0, 0, 0), torch.Generator().manual_seed(0))
     assert torch.allclose(still, x, atol=1e-5)  # all strengths 0: identity
+
+
+def test_warp_bends_straight_strokes_smoothly_and_within_its_reach():
+    """A vertical bar, warped alone: its centre moves from row to row (no affine warp does
+    that to a vertical line without tilting it as a whole), by at most ``warp`` heights."""
+    h, w = 64, 160
+    x = -torch.ones(32, 1, h, w)
+    x[..., 78:82] = 1.0  # a bar 4 columns wide at the centre
+    y = augment(x, Augment(0, 0, 0, 0, 0, 0, 0, 0, warp=0.05), torch.Generator().manual_seed(0))
+    cols = torch.arange(w, dtype=torch.float32)
+    ink = (y[:, 0] + 1).clamp(min=0)  # (N, H, W)
+    centre = (ink * cols).sum(-1) / ink.sum(-1)  # (N, H): the bar's centre in each row
+    assert (centre - 79.5).abs().max() <= 0.05 * h + 0.5
+    straight = torch.linspace(0, 1, h)
+    fit = torch.stack([straight, torch.ones(h)], 1)  # best straight (tilted) line through each bar
+    off = [(fit @ torch.linalg.lstsq(fit, c.unsqueeze(1)).solution).squeeze(1).sub(c).abs().max() for c in centre]
+    assert float(torch.stack(off).mean()) > 0.5  # bent, not only shifted or tilted
+    assert (centre.diff(dim=1).abs().max()) < 0.5  # smooth: under half a pixel from row to row
 
 
 def stroke_marks(size: tuple[int, int] = (50, 22), **stroke: float) -> torch.Tensor:
@@ -68,14 +88,15 @@ def test_strokes_flag_picks_the_stroke_augmentation():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv, strokes", [(["--strokes", "line"], "line"), (["--arch", "crnn"], "arcs")])
-def test_training_draws_the_strokes_it_was_given(digits_dir, tmp_path, monkeypatch, argv, strokes):
+@pytest.mark.parametrize("argv, strokes, warp", [(["--strokes", "line"], "line", WARP), (["--arch", "crnn"], "arcs", WARP),
+                                                (["--warp", "0.1"], "arcs", 0.1)])
+def test_training_draws_the_strokes_and_warp_it_was_given(digits_dir, tmp_path, monkeypatch, argv, strokes, warp):
     import training
     seen = []
     monkeypatch.setattr(training, "augment", lambda x, aug, gen: seen.append(aug) or x)
     training.train(train_config(["--data", str(digits_dir), "--epochs", "1", *argv, "--plot", "none",
                                  "--out", str(tmp_path / "m.pth"), "--show-errors", "0"]))
-    assert seen and all(a == STROKES[strokes] for a in seen)
+    assert seen and all(a == replace(STROKES[strokes], warp=warp) for a in seen)
 
 
 def test_splice_moves_pixels_and_label_suffix_together():
