@@ -101,6 +101,7 @@ def test_default_output_keeps_the_shipped_model_for_train_images_only(tmp_path):
     ({"img_size": (64, 8), "arch": "crnn"}, "--img-size: must be at least 8x16 for the crnn"),
     ({"device": "cuda"}, "--device: cuda was asked for"),
     ({"case": "title"}, "--case: must be keep, lower or upper"),
+    ({"warp": 0.8}, "--warp: must be in [0, 0.5]"),
     ({"out": "/proc/nowhere/m.pth"}, "--out: cannot create the folder"),
 ])
 def test_settings_that_cannot_work_fail_before_any_data_is_read(change, message, tmp_path):
