@@ -1,6 +1,6 @@
-"""Training-time augmentation of normalized batches ``(B, C, H, W)``: a random affine warp,
-colour jitter, noise, random strokes across the text, and ``splice``, which recombines equal-length
-captchas at character boundaries (with the text-column heuristics that place those boundaries)."""
+"""Training-time augmentation of normalized batches ``(B, C, H, W)``: a random affine warp and
+smooth bend, colour jitter, noise, random strokes across the text, and ``splice``, which
+recombines equal-length captchas at character boundaries (with the text-column heuristics that place those boundaries)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
