@@ -128,6 +128,7 @@ def splice(x: torch.Tensor, labels: Sequence[str], p: float, span: tuple[float, 
 
 
 WARP = 0.05  # default ``Augment.warp`` of training (``--warp``)
+MAX_WARP = 0.5  # the largest ``--warp`` allowed
 WARP_KNOTS = 3  # random displacements per input height that the warp interpolates between
 
 

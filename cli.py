@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable, NoReturn, Sequence
 
-from augment import STROKES, WARP
+from augment import MAX_WARP, STROKES, WARP
 from dataset import CASES
 from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW
 from selftrain import FIRST_LR, MIN_BUDGET as SELF_TRAINING_BUDGET, SYNTHETIC_MIX
@@ -120,7 +120,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="noise strokes drawn across training images: 'arcs' = two, lines or circle arcs "
                         "1-2 pixels wide; 'line' = one straight line (widths per 32 rows of input: twice "
                         "as wide at 64)")
-    p.add_argument("--warp", type=_number(float, lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]"), default=WARP,
+    p.add_argument("--warp", type=_number(float, lambda v: 0 <= v <= MAX_WARP, f"a number in [0, {MAX_WARP:g}]"),
+                   default=WARP,
                    metavar="F", help="bend training images by a smooth random displacement of up to F times the "
                                      "input height (0: off)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")

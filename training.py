@@ -29,7 +29,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import schedule
-from augment import STROKES, WARP, augment, column_spread, evenly_spaced, splice, text_span
+from augment import MAX_WARP, STROKES, WARP, augment, column_spread, evenly_spaced, splice, text_span
 from calibration import TARGET_PRECISION, calibrate_run
 from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
                         remove_stale_temporaries)
@@ -230,8 +230,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("case", f"must be keep, lower or upper, got {cfg.case!r}")
     if cfg.strokes not in STROKES:
         raise ConfigError("strokes", f"must be one of {', '.join(STROKES)}, got {cfg.strokes!r}")
-    if not 0 <= cfg.warp <= 0.5:
-        raise ConfigError("warp", f"must be in [0, 0.5] (a fraction of the input height), got {cfg.warp!r}")
+    if not 0 <= cfg.warp <= MAX_WARP:
+        raise ConfigError("warp", f"must be in [0, {MAX_WARP:g}] (a fraction of the input height), got {cfg.warp!r}")
     if cfg.alphabet is not None and (not cfg.alphabet or len(set(cfg.alphabet)) != len(cfg.alphabet)):
         raise ConfigError("alphabet", f"must list each character once, got {cfg.alphabet!r}")
     pick_device(cfg.device)
