@@ -121,9 +121,10 @@ def train_parser() -> argparse.ArgumentParser:
                         "1-2 pixels wide; 'line' = one straight line (widths per 32 rows of input: twice "
                         "as wide at 64)")
     p.add_argument("--warp", type=_number(float, lambda v: 0 <= v <= MAX_WARP, f"a number in [0, {MAX_WARP:g}]"),
-                   default=WARP,
+                   default=None,
                    metavar="F", help="bend training images by a smooth random displacement of up to F times the "
-                                     "input height (0: off)")
+                                     f"input height, 0: off (default: {WARP['crnn']:g} for the CRNN, "
+                                     f"{WARP['cnn']:g} for the CNN)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--synthetic", type=non_negative_int, default=None, metavar="N",
                    help="add N freshly generated captchas per epoch (needs --alphabet and --length "

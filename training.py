@@ -78,7 +78,7 @@ class TrainConfig:
     channels: int | None = None  # 3 colour, 1 grey
     splice: float | None = None
     strokes: str = "arcs"  # key of augment.STROKES
-    warp: float = WARP  # max smooth local displacement of training images, fraction of the input height
+    warp: float | None = None  # max smooth displacement of training images, fraction of input height; None: WARP[arch]
     augment: bool = True
     synthetic: int | None = None  # freshly generated captchas added per epoch; None: none (selftrain.py may add some)
     unlabelled: str | None = None  # folder of unlabelled captchas for semi-supervised training (selftrain.py)
@@ -230,7 +230,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("case", f"must be keep, lower or upper, got {cfg.case!r}")
     if cfg.strokes not in STROKES:
         raise ConfigError("strokes", f"must be one of {', '.join(STROKES)}, got {cfg.strokes!r}")
-    if not 0 <= cfg.warp <= MAX_WARP:
+    if cfg.warp is not None and not 0 <= cfg.warp <= MAX_WARP:
         raise ConfigError("warp", f"must be in [0, {MAX_WARP:g}] (a fraction of the input height), got {cfg.warp!r}")
     if cfg.alphabet is not None and (not cfg.alphabet or len(set(cfg.alphabet)) != len(cfg.alphabet)):
         raise ConfigError("alphabet", f"must list each character once, got {cfg.alphabet!r}")
@@ -318,13 +318,14 @@ def resolve_defaults(cfg: TrainConfig, init: dict[str, Any] | None, resume: dict
                      n_train: int, labels: Sequence[str], spread: torch.Tensor | None,
                      span: tuple[float, float] | None, world: int) -> TrainConfig:
     """The recipe's data-dependent defaults: architecture (a checkpoint's own when starting from
-    one), learning rate, splice probability and number of epochs."""
+    one), learning rate, warp, splice probability and number of epochs."""
     arch = init["model_args"]["arch"] if init is not None else cfg.arch
     splice_p = cfg.splice if cfg.splice is not None else default_splice(arch, spread, span, labels)
     epochs = cfg.epochs
     if epochs is None:
         epochs = resume["config"]["epochs"] if resume else default_epochs(n_train, cfg.batch_size, world)
-    return replace(cfg, arch=arch, lr=cfg.lr or DEFAULT_LR[arch], splice=splice_p, epochs=epochs)
+    warp = cfg.warp if cfg.warp is not None else WARP[arch]
+    return replace(cfg, arch=arch, lr=cfg.lr or DEFAULT_LR[arch], warp=warp, splice=splice_p, epochs=epochs)
 
 
 def label_rules(cfg: TrainConfig, init: dict[str, Any] | None) -> LabelRules:

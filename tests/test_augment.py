@@ -88,8 +88,9 @@ def test_strokes_flag_picks_the_stroke_augmentation():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv, strokes, warp", [(["--strokes", "line"], "line", WARP), (["--arch", "crnn"], "arcs", WARP),
-                                                (["--warp", "0.1"], "arcs", 0.1)])
+@pytest.mark.parametrize("argv, strokes, warp", [(["--arch", "cnn", "--strokes", "line"], "line", WARP["cnn"]),
+                                                (["--arch", "crnn"], "arcs", WARP["crnn"]), (["--warp", "0.1"], "arcs", 0.1),
+                                                (["--arch", "cnn", "--warp", "0.05"], "arcs", 0.05)])
 def test_training_draws_the_strokes_and_warp_it_was_given(digits_dir, tmp_path, monkeypatch, argv, strokes, warp):
     import training
     seen = []
