@@ -11,7 +11,7 @@ from dataset import CASES
 from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW
 from selftrain import FIRST_LR, MIN_BUDGET as SELF_TRAINING_BUDGET, SYNTHETIC_MIX
 from calibration import TARGET_PRECISION
-from training import DEFAULT_LR, DEFAULT_STEPS, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
+from training import DEFAULT_LR, DEFAULT_STEPS, EMA_DECAY, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -87,9 +87,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--label-smoothing", type=fraction, default=0.1, help="CNN cross-entropy label smoothing")
     p.add_argument("--clip-grad", type=non_negative_float, default=5.0, help="gradient-norm clipping (0: off)")
-    p.add_argument("--ema", type=fraction, default=0.0,
+    p.add_argument("--ema", type=fraction, default=None,
                    help="decay of the exponential moving average of the weights that is validated and "
-                        "saved (0: off, save the raw weights)")
+                        f"saved, 0: off, save the raw weights (default: {EMA_DECAY['crnn']:g} for the CRNN, "
+                        f"{EMA_DECAY['cnn']:g} for the CNN)")
     p.add_argument("--val-split", type=fraction, default=0.1, help="fraction held out for validation")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")

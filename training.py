@@ -61,7 +61,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1  # CNN cross-entropy
     clip_grad: float = 5.0  # 0: off
-    ema: float = 0.0  # decay of the weight average that is validated and saved; 0: off
+    ema: float | None = None  # decay of the weight average that is validated and saved; 0: off; None: EMA_DECAY[arch]
     val_split: float = 0.1
     seed: int = 0
     split_seed: int | None = None  # seed of the validation split; None: seed
@@ -106,6 +106,7 @@ RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "recursive"
 NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet",
                "time_budget"}
 DEFAULT_LR = {"cnn": 3e-3, "crnn": 1e-3}  # peak of the one-cycle schedule per family
+EMA_DECAY = {"cnn": 0.0, "crnn": 0.999}  # default decay of the saved weight average per family
 MIN_SIZE = {"cnn": (16, 16), "crnn": (8, 16), "auto": (8, 16)}  # smallest (width, height) each family allows
 
 
@@ -318,14 +319,15 @@ def resolve_defaults(cfg: TrainConfig, init: dict[str, Any] | None, resume: dict
                      n_train: int, labels: Sequence[str], spread: torch.Tensor | None,
                      span: tuple[float, float] | None, world: int) -> TrainConfig:
     """The recipe's data-dependent defaults: architecture (a checkpoint's own when starting from
-    one), learning rate, warp, splice probability and number of epochs."""
+    one), learning rate, warp, weight average, splice probability and number of epochs."""
     arch = init["model_args"]["arch"] if init is not None else cfg.arch
     splice_p = cfg.splice if cfg.splice is not None else default_splice(arch, spread, span, labels)
     epochs = cfg.epochs
     if epochs is None:
         epochs = resume["config"]["epochs"] if resume else default_epochs(n_train, cfg.batch_size, world)
     warp = cfg.warp if cfg.warp is not None else WARP[arch]
-    return replace(cfg, arch=arch, lr=cfg.lr or DEFAULT_LR[arch], warp=warp, splice=splice_p, epochs=epochs)
+    ema = cfg.ema if cfg.ema is not None else EMA_DECAY[arch]
+    return replace(cfg, arch=arch, lr=cfg.lr or DEFAULT_LR[arch], warp=warp, ema=ema, splice=splice_p, epochs=epochs)
 
 
 def label_rules(cfg: TrainConfig, init: dict[str, Any] | None) -> LabelRules:
