@@ -10,7 +10,7 @@ import torch
 
 from checkpoint import load_checkpoint
 from conftest import run_script
-from training import DEFAULT_LR, EMA, TrainConfig, default_epochs, is_best, train
+from training import DEFAULT_LR, EMA, EMA_DECAY, TrainConfig, default_epochs, is_best, train
 
 
 def test_the_second_half_of_the_schedule_picks_its_own_best_epoch():
@@ -57,11 +57,24 @@ def test_ema_averages_weights_and_copies_counters():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", ["cnn", "crnn"])
+def test_the_crnn_averages_its_weights_by_default_and_the_cnn_does_not(arch, digits_dir, tmp_path, monkeypatch):
+    import training
+    decays, update = [], training.EMA.update
+    monkeypatch.setattr(training.EMA, "update", lambda self, model: decays.append(self.decay) or update(self, model))
+    out = tmp_path / "m.pth"
+    train(TrainConfig(data=[str(digits_dir)], arch=arch, epochs=1, batch_size=16, plot="none", out=str(out),
+                      show_errors=0, quiet=True))
+    assert load_checkpoint(out)["config"]["ema"] == EMA_DECAY[arch]
+    assert set(decays) == ({0.999} if arch == "crnn" else set())
+
+
+@pytest.mark.slow
 def test_train_with_ema_saves_the_averaged_weights(digits_dir, tmp_path):
     common = ["torch_model_train.py", "--data", str(digits_dir), "--epochs", "2", "--batch-size", "16",
               "--val-split", "0", "--plot", "none"]
     raw, avg = tmp_path / "raw.pth", tmp_path / "ema.pth"
-    r = run_script(*common, "--out", str(raw))
+    r = run_script(*common, "--ema", "0", "--out", str(raw))
     assert r.returncode == 0 and "no validation images, saved the last epoch" in r.stdout  # not "0.00%"
     assert "warning: only 64 training images" in r.stdout  # far too few for real captchas
     r = run_script(*common, "--ema", "0.9", "--out", str(avg))
