@@ -120,6 +120,27 @@ def test_a_run_far_from_done_halfway_grows_its_planned_cycle(given, min_val, dig
 
 
 @pytest.mark.slow
+def test_an_averaged_run_decides_on_growing_by_its_trained_weights(digits_dir, tmp_path, monkeypatch):
+    """The weight average lags behind the weights being trained: it must not decide whether they
+    need more steps."""
+    seen, calls, validate = [], [], training.validate
+
+    def spy(model, *args):
+        out = validate(model, *args)
+        seen.append((any(p.requires_grad for p in model.parameters()), out[0]["sequence_accuracy"]))
+        return out
+    monkeypatch.setattr(training, "validate", spy)
+    monkeypatch.setattr(schedule, "STRETCH_MIN_VAL", 0)
+    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 4)
+    monkeypatch.setattr(schedule, "grown_epochs", lambda *a: calls.append((a[2], seen[-1])) or 4)
+    monkeypatch.setattr(schedule, "still_improving", lambda *a: False)
+    train(TrainConfig(data=[str(digits_dir)], arch="cnn", ema=0.999, out=str(tmp_path / "m.pth"), plot="none",
+                      show_errors=0, quiet=True))
+    [(acc, (trained, read))] = calls
+    assert trained and acc == read
+
+
+@pytest.mark.slow
 def test_a_cnn_stuck_at_chance_starts_again_as_a_crnn(digits_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(schedule, "at_chance", lambda *a: True)
     monkeypatch.setattr(schedule, "CHANCE_MIN_STEPS", 0)  # judge this short run too
