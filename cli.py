@@ -9,7 +9,7 @@ from typing import Callable, NoReturn, Sequence
 from augment import MAX_WARP, STROKES, WARP
 from dataset import CASES
 from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW
-from selftrain import FIRST_LR, MIN_BUDGET as SELF_TRAINING_BUDGET, SYNTHETIC_MIX
+from selftrain import FIRST_LR, MIN_BUDGET as SELF_TRAINING_BUDGET, ROUND_EMA, SYNTHETIC_MIX
 from calibration import TARGET_PRECISION
 from training import DEFAULT_LR, DEFAULT_STEPS, EMA_DECAY, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
 
@@ -90,7 +90,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=fraction, default=None,
                    help="decay of the exponential moving average of the weights that is validated and "
                         f"saved, 0: off, save the raw weights (default: {EMA_DECAY['crnn']:g} for the CRNN, "
-                        f"{EMA_DECAY['cnn']:g} for the CNN)")
+                        f"{EMA_DECAY['cnn']:g} for the CNN and {ROUND_EMA:g} for --unlabelled's rounds)")
     p.add_argument("--val-split", type=fraction, default=0.1, help="fraction held out for validation")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")

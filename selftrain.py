@@ -47,6 +47,7 @@ ROUND_SHARE = 0.25  # a pseudo-label round starts only with this share of the bu
 AGAIN_MIN = 0.5  # the second try runs only with at least this share of the first try's time for it
 SYNTHETIC_MIX = 200  # generated captchas per epoch in a labelled-only CRNN round under SMALL_SET labels
 FIRST_LR = 3e-3  # peak learning rate of a labelled-only CRNN round under SMALL_SET labels, unless --lr says
+ROUND_EMA = 0.0  # weight-average decay of every self-training round unless --ema says (off: the trained weights)
 
 
 def read_unlabelled(folder: str, recursive: bool, labelled: list[str]) -> tuple[list[Image.Image], list[Path]]:
@@ -94,9 +95,11 @@ def stable_precision(rec: CaptchaRecognizer, result: TrainResult, seed: int, len
 
 def round_config(cfg: TrainConfig, work: Path, r: int, deadline: float, share: float = 1.0) -> TrainConfig:
     """Round ``r``'s training: its own output, no plot, and ``share`` of what is left of the budget;
-    its cycle does not grow to fill that share, as the rounds after it need the time."""
+    its cycle does not grow to fill that share, as the rounds after it need the time. Rounds save
+    their trained weights, not a weight average, unless ``--ema`` says otherwise."""
     return replace(cfg, unlabelled=None, out=str(work / f"round{r}.pth"), plot="none", resume=None,
-                   time_budget=share * max(1.0, (deadline - time.time()) / 60), stretch=False)
+                   time_budget=share * max(1.0, (deadline - time.time()) / 60), stretch=False,
+                   ema=ROUND_EMA if cfg.ema is None else cfg.ema)
 
 
 def self_train(cfg: TrainConfig) -> TrainResult:

@@ -96,6 +96,15 @@ def test_a_crnn_round_on_few_labels_trains_at_its_own_rate_unless_told(tmp_path)
     assert later.lr is None
 
 
+def test_rounds_save_their_trained_weights_unless_ema_is_given(tmp_path):
+    deadline = time.time() + 600
+    for arch in ("auto", "crnn", "cnn"):
+        base = TrainConfig(arch=arch, out="m.pth")
+        assert first_round(base, ["1234"] * 10, tmp_path, deadline)[0].ema == 0  # the CRNN's default is not taken
+        assert selftrain.round_config(base, tmp_path, 1, deadline).ema == 0
+    assert selftrain.round_config(TrainConfig(ema=0.99, out="m.pth"), tmp_path, 2, deadline).ema == 0.99
+
+
 @pytest.mark.slow
 def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, tmp_path, capsys, monkeypatch):
     generate(tmp_path / "pool", 40, seed=23, show=False)
