@@ -59,9 +59,8 @@ def test_ema_averages_weights_and_copies_counters():
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["cnn", "crnn"])
 def test_the_crnn_averages_its_weights_by_default_and_the_cnn_does_not(arch, digits_dir, tmp_path, monkeypatch):
-    import training
-    decays, update = [], training.EMA.update
-    monkeypatch.setattr(training.EMA, "update", lambda self, model: decays.append(self.decay) or update(self, model))
+    decays, update = [], EMA.update
+    monkeypatch.setattr(EMA, "update", lambda self, model: decays.append(self.decay) or update(self, model))
     out = tmp_path / "m.pth"
     train(TrainConfig(data=[str(digits_dir)], arch=arch, epochs=1, batch_size=16, plot="none", out=str(out),
                       show_errors=0, quiet=True))
