@@ -237,7 +237,7 @@ def labelled_round_again(first: TrainConfig, work: Path, seconds: float, log: Ca
     log(f"pseudo-labels are not confident enough: round 0 once more from seed {seed} on the same split, "
         "keeping whichever reads the validation split better")
     return train(replace(first, seed=seed, split_seed=first.val_seed, out=str(work / "round0-again.pth"),
-                         time_budget=seconds / 60))
+                         time_budget=min(first.time_budget, seconds / 60)))  # seconds / 60 can round above it
 
 
 def better(a: TrainResult, b: TrainResult) -> bool:
