@@ -277,6 +277,7 @@ CHANNELS = {"cnn": 3, "crnn": 1}
 # tall captchas (at least TALL pixels high) lose their glyphs' details at 32 pixels: the CRNN keeps
 # up to TALL_MAX_HEIGHT of their height
 TALL, TALL_MAX_HEIGHT = 60, 64
+MIN_SIDE = 16  # the smallest input width and height both families read (the CNN pools 4 times)
 
 
 def max_height(arch: str, sizes: Sequence[tuple[int, int]]) -> int:
@@ -290,12 +291,13 @@ def most_common(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
 
 
 def auto_size(sizes: Sequence[tuple[int, int]], max_height: int = 24) -> tuple[int, int]:
-    """Model input (width, height) for a folder: its most common image size, scaled down
-    (aspect kept) to at most ``max_height`` pixels high."""
+    """Model input (width, height) for a folder: its most common image size, scaled (aspect
+    kept) to at most ``max_height`` and at least MIN_SIDE pixels high, and at least MIN_SIDE wide."""
     w, h = most_common(sizes)
-    if h > max_height:
-        w, h = max(16, round(w * max_height / h)), max_height
-    return w, h
+    target = min(max(h, MIN_SIDE), max_height)
+    if target != h:
+        w, h = round(w * target / h), target
+    return max(MIN_SIDE, w), h
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:

@@ -148,6 +148,12 @@ def test_auto_size_scales_tall_images_to_24():
     assert auto_size([(200, 50)], 32) == (128, 32)
 
 
+def test_auto_size_scales_tiny_images_up_to_what_the_models_read():
+    assert auto_size([(10, 5)]) == (32, 16)
+    assert auto_size([(12, 20)]) == (16, 20)
+    assert auto_size([(400, 20)], 32) == (400, 20)
+
+
 def test_default_input_is_96x24_colour_for_the_cnn_and_128x32_grey_for_the_crnn(tmp_path):
     for label in ("ab12", "cd34"):
         render_captcha(label, 0, 200, 50).save(tmp_path / f"{label}.png")
