@@ -111,7 +111,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=positive_int, metavar="N", help="label length for the CNN (default: from the labels)")
     p.add_argument("--img-size", type=image_size, metavar="WxH",
                    help="model input size (default: most common image size, scaled to at most 24 high for the "
-                        "cnn, 32 for the crnn)")
+                        "cnn, 32 for the crnn (64 for images at least 60 high), and to at least 16 high and wide)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="3 = colour, 1 = grey (default: cnn 3, crnn 1)")
     p.add_argument("--splice", type=probability, default=None, metavar="P",
                    help="probability per image of swapping its text after a character boundary, with "

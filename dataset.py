@@ -277,7 +277,7 @@ CHANNELS = {"cnn": 3, "crnn": 1}
 # tall captchas (at least TALL pixels high) lose their glyphs' details at 32 pixels: the CRNN keeps
 # up to TALL_MAX_HEIGHT of their height
 TALL, TALL_MAX_HEIGHT = 60, 64
-MIN_SIDE = 16  # the smallest input width and height both families read (the CNN pools 4 times)
+MIN_SIDE = 16  # the smallest input height both families read, and the CNN's width: they halve them 4 times
 
 
 def max_height(arch: str, sizes: Sequence[tuple[int, int]]) -> int:

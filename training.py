@@ -33,9 +33,9 @@ from augment import MAX_WARP, STROKES, WARP, augment, column_spread, evenly_spac
 from calibration import TARGET_PRECISION, calibrate_run
 from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
                         remove_stale_temporaries)
-from dataset import (CHANNELS, IMAGE_EXTS, ArrayDataset, DataError, LabelConverter, LabelledImages, LabelRules,
-                     Preprocess, auto_size, infer_alphabet, max_height, mixed_case, normalize, plural, read_label_map, read_labelled,
-                     split_indices, to_arrays)
+from dataset import (CHANNELS, IMAGE_EXTS, MIN_SIDE, ArrayDataset, DataError, LabelConverter, LabelledImages,
+                     LabelRules, Preprocess, auto_size, infer_alphabet, max_height, mixed_case, normalize, plural,
+                     read_label_map, read_labelled, split_indices, to_arrays)
 from metrics import format_scores, mistakes_table, score
 from model import ModelConfig, build_model
 from recognizer import evaluate, pick_device
@@ -107,7 +107,7 @@ NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "sh
                "time_budget"}
 DEFAULT_LR = {"cnn": 3e-3, "crnn": 1e-3}  # peak of the one-cycle schedule per family
 EMA_DECAY = {"cnn": 0.0, "crnn": 0.999}  # default decay of the saved weight average per family
-MIN_SIZE = {"cnn": (16, 16), "crnn": (8, 16), "auto": (8, 16)}  # smallest (width, height) each family allows
+MIN_SIZE = {"cnn": (MIN_SIDE, MIN_SIDE), "crnn": (8, MIN_SIDE), "auto": (8, MIN_SIDE)}  # smallest (width, height) each family allows
 
 
 @dataclass
