@@ -7,7 +7,9 @@ epochs mixes in generated captchas of the labels' alphabet and length, which tea
 the characters that a few dozen labels cannot. Each further
 round reads the unlabelled images with the best model so far and keeps a reading as a
 pseudo-label only when it is stable: the clean image and ``VIEWS`` slightly perturbed copies
-(shift, rotation, scale, contrast) all read the same text. A fresh model then trains on the labelled images plus those pseudo-labels; the
+(shift, rotation, scale, contrast) all read the same text; stable readings are trusted unless the
+validation split's stable readings show them right less often than ``MIN_PRECISION`` (see
+``trusted``). A fresh model then trains on the labelled images plus those pseudo-labels; the
 validation split stays labelled images only, and a round is kept only if it reads that split at
 least as well as the round before. Too few stable readings, or a worse round, and training stops
 with the better model and says so; when that happens right after round 0 and time is left, round 0
@@ -18,6 +20,7 @@ and the second try of round 0 leaves that much.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import time
@@ -41,7 +44,8 @@ WEAK = Augment(shift=0.03, rotate=2.0, shear=0.05, scale=0.04, brightness=0.1, c
 MIN_SHARE = 0.05  # below this share of stable readings a round is not worth training
 MIN_BUDGET = 10 * 60.0  # default budget of all the rounds together, at least
 FIRST_SHARE = 0.4  # share of the budget the labelled-only round may take: the rounds after it train on more images
-MIN_PRECISION = 0.9  # share of the stable validation readings that must be right to trust stable readings
+MIN_PRECISION = 0.9  # share of stable readings that must be right to trust them
+DOUBT = 0.1  # stable readings are refused when a MIN_PRECISION reader would read the validation split this badly at most this often
 AGAIN_SEED = 1000  # the labelled-only round's second try trains from seed + AGAIN_SEED
 ROUND_SHARE = 0.25  # a pseudo-label round starts only with this share of the budget left
 AGAIN_MIN = 0.5  # the second try runs only with at least this share of the first try's time for it
@@ -85,12 +89,23 @@ def stable_readings(rec: CaptchaRecognizer, arrays: torch.Tensor, seed: int,
     return [(t, c) if ok else None for t, c, ok in zip(texts, confs, same)]
 
 
-def stable_precision(rec: CaptchaRecognizer, result: TrainResult, seed: int, lengths: set[int]) -> tuple[float, int]:
-    """How often stable readings of the labelled validation split are right, and how many there were."""
+def stable_validation(rec: CaptchaRecognizer, result: TrainResult, seed: int, lengths: set[int]) -> tuple[int, int]:
+    """How many stable readings of the labelled validation split are right, and how many there were."""
     val = result.validation
     readings = stable_readings(rec, val.arrays, seed, lengths)
     stable = [(x[0], t) for x, t in zip(readings, val.labels) if x is not None]
-    return (sum(a == b for a, b in stable) / len(stable) if stable else 0.0), len(stable)
+    return sum(a == b for a, b in stable), len(stable)
+
+
+def trusted(right: int, stable: int) -> bool:
+    """Whether ``right`` of ``stable`` validation readings leave a ``MIN_PRECISION`` reader believable
+    (one-sided binomial test at ``DOUBT``): 3 of 4 do, as one misread of a small split says little;
+    3 of 5, 7 of 10 or a model that reads most images stably and wrongly do not; none stable does not."""
+    if stable == 0:
+        return False
+    p, q = MIN_PRECISION, 1 - MIN_PRECISION
+    chance = sum(math.comb(stable, k) * p ** k * q ** (stable - k) for k in range(right + 1))  # P(X <= right)
+    return chance > DOUBT
 
 
 def round_config(cfg: TrainConfig, work: Path, r: int, deadline: float, share: float = 1.0) -> TrainConfig:
@@ -176,15 +191,17 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
                 "(--time-budget MINUTES for more rounds)")
             break
         started, rec = time.time(), CaptchaRecognizer(best.out)
-        precision, n_stable = stable_precision(rec, best, base.seed + r, lengths)
+        right, n_stable = stable_validation(rec, best, base.seed + r, lengths)
         readings = stable_readings(rec, to_arrays(images, rec.spec), base.seed + r, lengths)
         kept = [i for i, x in enumerate(readings) if x is not None]
         reading = time.time() - started  # the next round reads the pool again
-        check = (f"{100 * precision:.1f}% of the {n_stable} stable validation readings are right" if n_stable
+        check = (f"{right} of the {n_stable} stable validation readings are right" if n_stable
                  else "no validation image reads stably")
+        if n_stable and right < MIN_PRECISION * n_stable and trusted(right, n_stable):
+            check += ", too few misreads to distrust them"
         log(f"round {r}: {len(kept)} of {len(images)} unlabelled captchas read the same under {VIEWS} "
             f"perturbations; {check}")
-        if precision < MIN_PRECISION or len(kept) < MIN_SHARE * len(images):
+        if not trusted(right, n_stable) or len(kept) < MIN_SHARE * len(images):
             seconds = again_seconds(60 * first.time_budget, deadline - time.time(), budget, reading)
             if r == 1 and not retried and seconds:
                 retried = True

@@ -46,6 +46,14 @@ def test_stable_readings_need_every_perturbed_copy_to_agree(digits_dir):
     assert stable_readings(rec, arrays, seed=0, lengths={5}) == [None] * 16  # never of a length not labelled
 
 
+def test_stable_readings_are_refused_on_evidence_not_on_one_misread_of_a_small_split():
+    # 50 labels leave 5 validation images: one misread of the 4 that read stably says little
+    assert selftrain.trusted(3, 4) and selftrain.trusted(9, 10) and selftrain.trusted(19, 20)
+    assert not selftrain.trusted(0, 6)  # an untrained model reads stably and wrongly
+    assert not selftrain.trusted(3, 5) and not selftrain.trusted(7, 10) and not selftrain.trusted(30, 40)
+    assert not selftrain.trusted(0, 0)  # nothing read stably: nothing to trust them on
+
+
 def test_self_training_needs_a_validation_split_and_no_resume(tmp_path):
     with pytest.raises(ConfigError, match="--unlabelled: needs a validation split"):
         train(TrainConfig(data=["x"], unlabelled="y", val_split=0))
