@@ -11,8 +11,8 @@ pseudo-label only when it is stable: the clean image and ``VIEWS`` slightly pert
 validation split's stable readings show them right less often than ``MIN_PRECISION`` (see
 ``trusted``). A fresh model then trains on the labelled images plus those pseudo-labels; the
 validation split stays labelled images only, and a round is kept only if it reads that split at
-least as well as the round before. Too few stable readings, or a worse round, and training stops
-with the better model and says so; when that happens right after round 0 and time is left, round 0
+least as well as the round before. Too few stable readings, untrusted ones, or a worse round, and
+training stops with the better model and says so; when that happens right after round 0 and time is left, round 0
 first trains once more from another seed, as one draw of a short run on few labels can fall far
 below the next. A round with pseudo-labels starts only while ``ROUND_SHARE`` of the budget is left,
 and the second try of round 0 leaves that much.
@@ -44,8 +44,8 @@ WEAK = Augment(shift=0.03, rotate=2.0, shear=0.05, scale=0.04, brightness=0.1, c
 MIN_SHARE = 0.05  # below this share of stable readings a round is not worth training
 MIN_BUDGET = 10 * 60.0  # default budget of all the rounds together, at least
 FIRST_SHARE = 0.4  # share of the budget the labelled-only round may take: the rounds after it train on more images
-MIN_PRECISION = 0.9  # share of stable readings that must be right to trust them
-DOUBT = 0.1  # stable readings are refused when a MIN_PRECISION reader would read the validation split this badly at most this often
+MIN_PRECISION = 0.9  # share of right stable readings that trusted() tests the validation split against
+DOUBT = 0.1  # trusted()'s significance: how rarely a reader right MIN_PRECISION of the time may do as badly
 AGAIN_SEED = 1000  # the labelled-only round's second try trains from seed + AGAIN_SEED
 ROUND_SHARE = 0.25  # a pseudo-label round starts only with this share of the budget left
 AGAIN_MIN = 0.5  # the second try runs only with at least this share of the first try's time for it
@@ -98,13 +98,16 @@ def stable_validation(rec: CaptchaRecognizer, result: TrainResult, seed: int, le
 
 
 def trusted(right: int, stable: int) -> bool:
-    """Whether ``right`` of ``stable`` validation readings leave a ``MIN_PRECISION`` reader believable
-    (one-sided binomial test at ``DOUBT``): 3 of 4 do, as one misread of a small split says little;
-    3 of 5, 7 of 10 or a model that reads most images stably and wrongly do not; none stable does not."""
+    """Whether ``right`` of ``stable`` validation readings fit a reader right ``MIN_PRECISION`` of the
+    time: not when such a reader would read ``right`` or fewer at most ``DOUBT`` of the time (a one-sided
+    binomial test), nor when nothing reads stably. One misread of a small split says little (3 of 4 and
+    8 of 10 pass); 3 of 5, 7 of 10 and a model that reads most images stably and wrongly do not."""
     if stable == 0:
         return False
-    p, q = MIN_PRECISION, 1 - MIN_PRECISION
-    chance = sum(math.comb(stable, k) * p ** k * q ** (stable - k) for k in range(right + 1))  # P(X <= right)
+    lp, lq, ln = math.log(MIN_PRECISION), math.log1p(-MIN_PRECISION), math.lgamma(stable + 1)
+    # P(X <= right) for X ~ Binomial(stable, MIN_PRECISION), in logs: large splits overflow floats otherwise
+    chance = sum(math.exp(ln - math.lgamma(k + 1) - math.lgamma(stable - k + 1) + k * lp + (stable - k) * lq)
+                 for k in range(right + 1))
     return chance > DOUBT
 
 
@@ -198,7 +201,7 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
         check = (f"{right} of the {n_stable} stable validation readings are right" if n_stable
                  else "no validation image reads stably")
         if n_stable and right < MIN_PRECISION * n_stable and trusted(right, n_stable):
-            check += ", too few misreads to distrust them"
+            check += f", under {MIN_PRECISION:.0%} but too few to show they are worse"
         log(f"round {r}: {len(kept)} of {len(images)} unlabelled captchas read the same under {VIEWS} "
             f"perturbations; {check}")
         if not trusted(right, n_stable) or len(kept) < MIN_SHARE * len(images):
