@@ -12,9 +12,9 @@ validation split's stable readings show them right less often than ``MIN_PRECISI
 ``trusted``). A fresh model then trains on the labelled images plus those pseudo-labels; the
 validation split stays labelled images only, and a round is kept only if it reads that split at
 least as well as the round before. Too few stable readings, untrusted ones, or a worse round, and
-training stops with the better model and says so; when that happens right after round 0 and time is left, round 0
-first trains once more from another seed, as one draw of a short run on few labels can fall far
-below the next. A round with pseudo-labels starts only while ``ROUND_SHARE`` of the budget is left,
+training stops with the better model and says so; when that happens right after round 0 and time
+is left, round 0 first trains once more from another seed, as one draw of a short run on few
+labels can fall far below the next. A round with pseudo-labels starts only while ``ROUND_SHARE`` of the budget is left,
 and the second try of round 0 leaves that much.
 """
 from __future__ import annotations
