@@ -14,8 +14,8 @@ validation split stays labelled images only, and a round is kept only if it read
 least as well as the round before. Too few stable readings, untrusted ones, or a worse round, and
 training stops with the better model and says so; when that happens right after round 0 and time
 is left, round 0 first trains once more from another seed, as one draw of a short run on few
-labels can fall far below the next. A round with pseudo-labels starts only while ``ROUND_SHARE`` of the budget is left,
-and the second try of round 0 leaves that much.
+labels can fall far below the next. A round with pseudo-labels starts only while ``ROUND_SHARE``
+of the budget is left, and the second try of round 0 leaves that much.
 """
 from __future__ import annotations
 
@@ -195,16 +195,17 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
             break
         started, rec = time.time(), CaptchaRecognizer(best.out)
         right, n_stable = stable_validation(rec, best, base.seed + r, lengths)
+        trust = trusted(right, n_stable)
         readings = stable_readings(rec, to_arrays(images, rec.spec), base.seed + r, lengths)
         kept = [i for i, x in enumerate(readings) if x is not None]
         reading = time.time() - started  # the next round reads the pool again
         check = (f"{right} of the {n_stable} stable validation readings are right" if n_stable
                  else "no validation image reads stably")
-        if n_stable and right < MIN_PRECISION * n_stable and trusted(right, n_stable):
+        if trust and right < MIN_PRECISION * n_stable:
             check += f", under {MIN_PRECISION:.0%} but too few to show they are worse"
         log(f"round {r}: {len(kept)} of {len(images)} unlabelled captchas read the same under {VIEWS} "
             f"perturbations; {check}")
-        if not trusted(right, n_stable) or len(kept) < MIN_SHARE * len(images):
+        if not trust or len(kept) < MIN_SHARE * len(images):
             seconds = again_seconds(60 * first.time_budget, deadline - time.time(), budget, reading)
             if r == 1 and not retried and seconds:
                 retried = True
