@@ -112,11 +112,11 @@ def trusted(right: int, stable: int) -> bool:
 
 
 def round_config(cfg: TrainConfig, work: Path, r: int, deadline: float, share: float = 1.0) -> TrainConfig:
-    """Round ``r``'s training: its own output, no plot, and ``share`` of what is left of the budget;
-    its cycle does not grow to fill that share, as the rounds after it need the time. Rounds save
-    their trained weights, not a weight average, unless ``--ema`` says otherwise."""
+    """Round ``r``'s training: its own output, no plot, and ``share`` of what is left of the budget,
+    which a cycle far from reading its validation images halfway grows to fill, as a plain run's
+    does. Rounds save their trained weights, not a weight average, unless ``--ema`` says otherwise."""
     return replace(cfg, unlabelled=None, out=str(work / f"round{r}.pth"), plot="none", resume=None,
-                   time_budget=share * max(1.0, (deadline - time.time()) / 60), stretch=False,
+                   time_budget=share * max(1.0, (deadline - time.time()) / 60),
                    ema=ROUND_EMA if cfg.ema is None else cfg.ema)
 
 
