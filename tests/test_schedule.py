@@ -109,7 +109,7 @@ def test_a_run_far_from_done_halfway_grows_its_planned_cycle(given, min_val, dig
     result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", out=str(tmp_path / "m.pth"), plot="none",
                                show_errors=0, **given))
     grown = "halfway through the plan: the schedule grows from 4 to 6 epochs" in capsys.readouterr().out
-    if given or min_val:  # a chosen --epochs, a run that must not grow (self-training rounds) or one with
+    if given or min_val:  # a chosen --epochs, a run told not to grow (stretch=False) or one with
         # too few validation images to judge keeps its plan
         assert not grown and not calls and len(result.history) == 4
         return
