@@ -113,6 +113,10 @@ def train_parser() -> argparse.ArgumentParser:
                    help="model input size (default: most common image size, scaled to at most 24 high for the "
                         "cnn, 32 for the crnn (64 for images at least 60 high), and to at least 16 high and wide)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="3 = colour, 1 = grey (default: cnn 3, crnn 1)")
+    p.add_argument("--ink", choices=["auto", "off"], default="auto",
+                   help="auto: when the captchas are drawn in a few flat colours, the crnn also reads one mask "
+                        "per colour they share (where it was drawn), so lines of another shade stay apart from "
+                        "the text; off: the image only (default: %(default)s)")
     p.add_argument("--splice", type=probability, default=None, metavar="P",
                    help="probability per image of swapping its text after a character boundary, with "
                         "the label, for another image's (default: 0.5 for the cnn; for the crnn 0.5 on "

@@ -29,7 +29,7 @@ def export_onnx(ckpt_path: str | os.PathLike, out: str | os.PathLike, opset: int
     spec = ModelSpec.from_checkpoint(ckpt)
     model = build_from_checkpoint(ckpt).to(memory_format=torch.contiguous_format)
     pre = spec.preprocess
-    dummy = torch.zeros(2, pre.channels, pre.height, pre.width)  # (B, C, H, W)
+    dummy = torch.zeros(2, pre.in_channels, pre.height, pre.width)  # (B, C, H, W)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:

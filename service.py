@@ -327,7 +327,7 @@ class Batcher:
             barrier.wait()
             rec.prepare(png.getvalue(), self.max_pixels)
             for size in self.sizes:
-                rec.predict_arrays(torch.zeros(size, pre.channels, pre.height, pre.width, dtype=torch.uint8))
+                rec.predict_arrays(torch.zeros(size, pre.in_channels, pre.height, pre.width, dtype=torch.uint8))
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self.executor, run) for _ in range(self.passes)))
 

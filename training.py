@@ -34,7 +34,7 @@ from calibration import TARGET_PRECISION, calibrate_run
 from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, ModelSpec, atomic_save, checkpoint_dict, load_checkpoint, output_lock,
                         remove_stale_temporaries)
 from dataset import (CHANNELS, IMAGE_EXTS, MIN_SIDE, ArrayDataset, DataError, LabelConverter, LabelledImages,
-                     LabelRules, Preprocess, auto_size, infer_alphabet, max_height, mixed_case, normalize, plural,
+                     LabelRules, Preprocess, auto_size, find_ink, infer_alphabet, max_height, mixed_case, normalize, plural,
                      read_label_map, read_labelled, split_indices, to_arrays)
 from metrics import format_scores, mistakes_table, score
 from model import ModelConfig, build_model
@@ -76,6 +76,7 @@ class TrainConfig:
     length: int | None = None  # CNN label length
     img_size: tuple[int, int] | None = None  # (width, height) of the model input
     channels: int | None = None  # 3 colour, 1 grey
+    ink: str = "auto"  # auto: the CRNN adds a mask channel per flat colour the captchas are drawn in (find_ink); off
     splice: float | None = None
     strokes: str = "arcs"  # key of augment.STROKES
     warp: float | None = None  # max smooth displacement of training images, fraction of input height; None: WARP[arch]
@@ -100,7 +101,7 @@ class TrainConfig:
 
 
 # flags that define what a run learns: resuming with another value is an error, not a silent switch
-RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "recursive", "length", "img_size", "channels",
+RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "recursive", "length", "img_size", "channels", "ink",
                     "seed", "split_seed", "val_split", "batch_size", "synthetic")
 # how this call runs and reports, not what the run is: a resumed run takes them from the call
 NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet",
@@ -359,9 +360,11 @@ def make_task(cfg: TrainConfig, data: LabelledImages | None,
     else:
         w, h = 50, 22
     channels = cfg.channels or CHANNELS[cfg.arch]
+    # ink channels for the CRNN only: the one flat colour percent4-digits' images share is their grey frame
+    ink = find_ink(data.images) if data is not None and cfg.arch == "crnn" and cfg.ink == "auto" else ()
     ctc = cfg.arch == "crnn"  # a CRNN whose labels all have one length reads that length only
     fixed = ctc and len(lengths) == 1 and length is not None
-    return LabelConverter(alphabet, length, ctc=ctc, fixed=fixed), Preprocess(w, h, channels)
+    return LabelConverter(alphabet, length, ctc=ctc, fixed=fixed), Preprocess(w, h, channels, ink)
 
 
 def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str]:
@@ -728,7 +731,7 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
     cfg = resolve_defaults(cfg, init, resume, len(train_set), getattr(real, "labels", []), spread, span, d.world)
     spec = ModelSpec(cfg.arch, conv.alphabet, conv.length, pre, label_rules(cfg, init), fixed_length=conv.fixed)
     model_args = dict(init["model_args"]) if init is not None else asdict(ModelConfig(
-        arch=cfg.arch, n_classes=len(conv.alphabet), n_positions=conv.length or 0, in_channels=pre.channels,
+        arch=cfg.arch, n_classes=len(conv.alphabet), n_positions=conv.length or 0, in_channels=pre.in_channels,
         img_h=pre.height, img_w=pre.width))
     raw_model = build_network(model_args, init, device)
     model = torch.nn.parallel.DistributedDataParallel(raw_model) if d.enabled else raw_model
@@ -910,10 +913,17 @@ def describe(run: Run) -> str:
     cfg, conv, pre = run.cfg, run.converter, run.spec.preprocess
     return (f"{cfg.arch}: {len(run.train_set)} training / {len(run.val.labels)} validation images, alphabet "
             f"{conv.alphabet!r}, length {conv.fixed_length or 'any'}, input "
-            f"{pre.width}x{pre.height}x{pre.channels}, {plural(cfg.epochs, 'epoch')}"
+            f"{pre.width}x{pre.height}x{pre.channels}{ink_text(pre)}, {plural(cfg.epochs, 'epoch')}"
             + (f", splice {cfg.splice}" if cfg.splice and cfg.augment else "") + f", device {run.device}"
             + (f", {run.d.world} processes" if run.d.enabled else "")
             + f"; time budget {run.budget / 60:.3g} min; writing {cfg.out}")
+
+
+def ink_text(pre: Preprocess) -> str:
+    """`` + 2 ink masks (140,140,140 112,112,112)`` for the summary line; empty without ink."""
+    if not pre.ink:
+        return ""
+    return f" + {plural(len(pre.ink), 'ink mask')} ({' '.join(','.join(map(str, c)) for c in pre.ink)})"
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:

@@ -79,7 +79,7 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def fresh_checkpoint(arch: str, alphabet: str, length: int, pre: Preprocess, path: Path) -> Path:
     """A freshly initialised checkpoint of the given shape (speed does not depend on weights)."""
-    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=pre.channels,
+    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=pre.in_channels,
                       img_h=pre.height, img_w=pre.width)
     model = build_model(cfg).eval()
     atomic_save(checkpoint_dict(model.state_dict(), asdict(cfg), ModelSpec(arch, alphabet, length, pre)), path)

@@ -32,7 +32,7 @@ def fresh_checkpoint(path: Path, arch: str = "cnn", alphabet: str = "0123456789"
     """An untrained checkpoint of the given shape, written the way training writes one."""
     import torch
     torch.manual_seed(seed)
-    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=pre.channels,
+    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=pre.in_channels,
                       img_h=pre.height, img_w=pre.width)
     atomic_save(checkpoint_dict(build_model(cfg).state_dict(), asdict(cfg), ModelSpec(arch, alphabet, length, pre)),
                 path)

@@ -18,7 +18,7 @@ def test_checkpoint_holds_everything_prediction_needs(cnn_ckpt):
     ckpt = load_checkpoint(cnn_ckpt)
     assert ModelSpec.from_checkpoint(ckpt).to_meta() == {
         "arch": "cnn", "alphabet": "0123456789", "label_length": 4,
-        "preprocess": {"width": 50, "height": 22, "channels": 3}, "case": "keep", "label_map": {},
+        "preprocess": {"width": 50, "height": 22, "channels": 3, "ink": ()}, "case": "keep", "label_map": {},
         "temperature": 1.0, "threshold": None, "fixed_length": False}  # without a validation split: not calibrated
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
     assert ckpt["optimizer"] is None  # the best checkpoint stays small; *_last.pth holds it

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dataset import (DataError, LabelConverter, LabelledImages, Preprocess, auto_size, ctc_path_of_length, image_to_array,
-                     infer_alphabet, parse_label, preprocess, read_labelled, split_indices)
+from checkpoint import ModelSpec
+from dataset import (DataError, LabelConverter, LabelledImages, Preprocess, auto_size, ctc_path_of_length, find_ink,
+                     image_to_array, infer_alphabet, parse_label, preprocess, read_labelled, split_indices)
 from synthetic import render_captcha
 from training import TrainConfig, make_task
 
@@ -331,3 +333,61 @@ def test_file_names_that_are_not_utf8_print_as_escapes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "\\xff\\xfe.png" in err and shown(os.fsdecode(b"a\xff")) == "a\\xff"
     err.encode("ascii")  # printable on any console
+
+
+TEXT, LINES = (140, 140, 140), (112, 112, 112)
+
+
+def flat_captcha(seed: int, text=TEXT, noise: float = 0.0) -> Image.Image:
+    """White, four text-like blocks in one flat grey and two lines of a darker one across them, as
+    sites with flat colours draw them (``noise``: Gaussian noise of that many grey levels on top)."""
+    from PIL import ImageDraw
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (120, 48), "white")
+    draw = ImageDraw.Draw(img)
+    for i in range(4):
+        x, y = 8 + 28 * i + int(rng.integers(0, 6)), int(rng.integers(6, 20))
+        draw.rectangle([x, y, x + 16, y + 20], fill=tuple(text))
+    for _ in range(2):
+        draw.line([(0, int(rng.integers(0, 48))), (120, int(rng.integers(0, 48)))], fill=LINES, width=3)
+    if noise:
+        arr = np.asarray(img, dtype=float) + rng.normal(0, noise, (48, 120, 3))
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return img
+
+
+def test_flat_colour_captchas_have_their_shared_colours_found_as_ink():
+    assert find_ink([flat_captcha(s) for s in range(20)]) == (TEXT, LINES)
+
+
+def test_noisy_captchas_and_colours_that_change_per_image_are_no_ink():
+    assert find_ink([flat_captcha(s, noise=8) for s in range(20)]) == ()
+    changing = [flat_captcha(s, text=(40 + 9 * s, 90, 200 - 7 * s)) for s in range(20)]
+    assert find_ink(changing) == (LINES,)
+
+
+def test_each_ink_colour_adds_a_mask_channel_taken_before_resizing():
+    img = Image.new("RGB", (100, 40), TEXT)
+    img.paste(LINES, (50, 0, 100, 40))  # left half text grey, right half line grey
+    arr = image_to_array(img, Preprocess(50, 20, 1, (TEXT, LINES)))  # (3, 20, 50)
+    assert arr.shape == (3, 20, 50)
+    assert np.array_equal(arr[0], image_to_array(img, Preprocess(50, 20, 1))[0])  # the image itself unchanged
+    assert (arr[1, :, :24] == 0).all() and (arr[1, :, 26:] == 255).all()  # text mask: dark where text is
+    assert (arr[2, :, :24] == 255).all() and (arr[2, :, 26:] == 0).all()
+    near = Image.new("RGB", (10, 10), (143, 137, 140))  # within 3 of the ink in each channel
+    assert (image_to_array(near, Preprocess(10, 10, 1, (TEXT,)))[1] == 0).all()
+
+
+def test_ink_survives_the_json_of_onnx_metadata():
+    spec = ModelSpec("crnn", "0123", 4, Preprocess(120, 48, 1, (TEXT, LINES)))
+    back = ModelSpec.from_meta(json.loads(json.dumps(spec.to_meta())))
+    assert back.preprocess == spec.preprocess and back.preprocess.in_channels == 3
+
+
+def test_only_the_crnn_reads_ink_and_off_turns_it_off(tmp_path):
+    for s in range(12):
+        flat_captcha(s).save(tmp_path / f"{1000 + s}.png")
+    data = read_labelled([tmp_path])
+    got = {(arch, ink): make_task(TrainConfig(data=[str(tmp_path)], arch=arch, ink=ink), data, None)[1].ink
+           for arch in ("cnn", "crnn") for ink in ("auto", "off")}
+    assert got == {("cnn", "auto"): (), ("cnn", "off"): (), ("crnn", "auto"): (TEXT, LINES), ("crnn", "off"): ()}

@@ -308,3 +308,18 @@ def test_split_seed_keeps_the_validation_split_while_the_seed_changes(digits_dir
     conv, spec = LabelConverter("0123456789", 4), Preprocess()
     names = lambda **kw: build_datasets(TrainConfig(val_split=0.25, **kw), data, conv, spec, print)[1].names  # noqa: E731
     assert names(seed=1, split_seed=0) == names(seed=0) != names(seed=1)
+
+
+@pytest.mark.slow
+def test_a_crnn_on_flat_colour_captchas_reads_ink_masks_and_says_so(tmp_path, capsys):
+    from recognizer import CaptchaRecognizer
+    from test_dataset import LINES, TEXT, flat_captcha
+    for s in range(16):
+        flat_captcha(s).save(tmp_path / f"{1000 + s}.png")
+    train(TrainConfig(data=[str(tmp_path)], arch="crnn", epochs=1, out=str(tmp_path / "m.pth"), plot="none"))
+    assert "input 80x32x1 + 2 ink masks (140,140,140 112,112,112)" in capsys.readouterr().out
+    rec = CaptchaRecognizer(tmp_path / "m.pth")
+    assert rec.model_spec.preprocess.ink == (TEXT, LINES)
+    assert rec.model.features[0].in_channels == 3  # the image and its two masks
+    text, _ = rec.predict(tmp_path / "1000.png")
+    assert len(text) == 4
