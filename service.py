@@ -144,6 +144,8 @@ class InputSize(BaseModel):
     width: int
     height: int
     channels: int
+    ink: list[tuple[int, int, int]] = Field(default=[], description="flat colours (RGB) whose masks the model "
+                                            "reads after the image's channels")
 
 
 class ModelInfo(BaseModel):

@@ -44,11 +44,12 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, calibrated_ckpt) -> dict[str, Path]:
-    """Models of different shapes and formats: the calibrated shipped CRNN (.pth), a fresh CRNN (.onnx), and
+    """Models of different shapes and formats: the calibrated shipped CRNN (.pth), a fresh CRNN with an ink mask (.onnx), and
     a fresh CNN whose file the hot-reload test replaces."""
     from export import export_onnx
     d = tmp_path_factory.mktemp("served")
-    crnn = fresh_checkpoint(d / "crnn.pth", arch="crnn", alphabet="abcdefgh123", pre=Preprocess(100, 32, 1))
+    crnn = fresh_checkpoint(d / "crnn.pth", arch="crnn", alphabet="abcdefgh123",
+                            pre=Preprocess(100, 32, 1, ink=((140, 140, 140),)))  # one ink mask after the grey
     return {"digits": shutil.copy(calibrated_ckpt, d / "digits.pth"), "v2": export_onnx(crnn, d / "v2.onnx"),
             "live": fresh_checkpoint(d / "live.pth", seed=0)}
 
@@ -105,11 +106,12 @@ def test_both_input_forms_and_several_models(server, models, images):
     listed = {m["name"]: m for m in httpx.get(f"{server}/v1/models").json()}
     assert listed["digits"] | {"loaded_at": None} == {
         "name": "digits", "arch": "crnn", "alphabet": "0123456789", "length": None, "format": "pth",
-        "input": {"width": 50, "height": 22, "channels": 1}, "loaded_at": None, "error": None,
+        "input": {"width": 50, "height": 22, "channels": 1, "ink": []}, "loaded_at": None, "error": None,
         "temperature": CaptchaRecognizer(models["digits"]).temperature,
         "threshold": CaptchaRecognizer(models["digits"]).threshold}
     assert listed["v2"]["arch"] == "crnn" and listed["v2"]["format"] == "onnx" and listed["v2"]["length"] is None
-    assert listed["v2"]["input"] == {"width": 100, "height": 32, "channels": 1} and listed["v2"]["threshold"] is None
+    assert listed["v2"]["input"] == {"width": 100, "height": 32, "channels": 1, "ink": [[140, 140, 140]]}
+    assert listed["v2"]["threshold"] is None
     assert (listed["live"]["arch"], listed["live"]["length"], listed["live"]["input"]["channels"]) == ("cnn", 4, 3)
 
 
