@@ -44,8 +44,8 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, calibrated_ckpt) -> dict[str, Path]:
-    """Models of different shapes and formats: the calibrated shipped CRNN (.pth), a fresh CRNN with an ink mask (.onnx), and
-    a fresh CNN whose file the hot-reload test replaces."""
+    """Models of different shapes and formats: the calibrated shipped CRNN (.pth), a fresh CRNN with an
+    ink mask (.onnx), and a fresh CNN whose file the hot-reload test replaces."""
     from export import export_onnx
     d = tmp_path_factory.mktemp("served")
     crnn = fresh_checkpoint(d / "crnn.pth", arch="crnn", alphabet="abcdefgh123",
