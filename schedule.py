@@ -5,9 +5,10 @@ or, for a CRNN, slow to start.
 The plan is the recipe's step count (``training.default_epochs``). If the first epoch shows that
 the plan would overrun the budget, the schedule is shortened to fit, and so again at each tenth of
 the plan if later epochs run slower. A run that reads fewer than
-``STRETCH_BELOW`` of its (at least ``STRETCH_MIN_VAL``) validation images halfway through its plan
-needs more steps than planned: its cycle grows to what the rest of the budget holds (timed by the
-median epoch, as the first carries one-off costs). When the plan ends with the validation score
+``STRETCH_BELOW`` of its (at least ``STRETCH_MIN_VAL``) validation images halfway through its plan,
+with its trained weights and with their average alike, needs more steps than planned: its cycle
+grows to what the rest of the budget holds (timed by the median epoch, as the first carries
+one-off costs). When the plan ends with the validation score
 still rising (its best over the last quarter beats everything before by at least one validation
 image), another cycle of half the plan's length, at half the peak learning rate, follows, as long
 as the budget allows one; and so on.
@@ -25,7 +26,7 @@ MIN_BUDGET = 5 * 60.0  # and never less than this
 PCT_START = 0.15  # share of a cycle spent warming up
 EXTEND_SHARE = 0.5  # an extension cycle is this share of the planned epochs
 EXTEND_LR = 0.5  # its peak learning rate, relative to the planned cycle's
-STRETCH_BELOW = 0.9  # validation sequence accuracy halfway through the plan under which the cycle grows
+STRETCH_BELOW = 0.97  # validation sequence accuracy halfway through the plan under which the cycle grows
 STRETCH_MIN_VAL = 40  # validation images needed to judge that (on fewer, one image moves it 2.5% or more)
 CHANCE_AT = 0.3  # share of the planned epochs after which a run still at chance is retried
 CHANCE_MIN_STEPS = 400  # plans shorter than this are not judged

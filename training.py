@@ -812,16 +812,16 @@ def fit_budget(run: Run, epoch: int) -> None:
 
 
 def stretch(run: Run, epoch: int) -> None:
-    """At the planned cycle's midpoint: a run whose trained (not averaged) weights read fewer than
-    ``schedule.STRETCH_BELOW`` of its validation images needs more steps than planned, so the cycle
-    grows (once) to what the budget holds."""
+    """At the planned cycle's midpoint: a run that reads fewer than ``schedule.STRETCH_BELOW`` of its
+    validation images with its trained weights and with their average alike needs more steps than
+    planned, so the cycle grows (once) to what the budget holds."""
     chosen = run.given is None or run.given.epochs is not None  # --epochs (or a resumed run's plan) is kept
     if chosen or not run.cfg.stretch or run.grown_from or len(run.segments) > 1 \
             or len(run.val.labels) < schedule.STRETCH_MIN_VAL or epoch != max(2, run.plan_epochs // 2):
         return
     acc = run.history[-1].get("sequence_accuracy", 1.0)
-    if run.ema is not None:  # the average lags behind and smooths: judge the weights being trained
-        acc = validate(run.raw_model, run.val, run.converter, run.device, run.d)[0]["sequence_accuracy"]
+    if run.ema is not None:  # the average lags behind the trained weights early on, and smooths their noise later
+        acc = max(acc, validate(run.raw_model, run.val, run.converter, run.device, run.d)[0]["sequence_accuracy"])
     n = agreed(run, schedule.grown_epochs(run.cfg.epochs, epoch, acc, run.epoch_times, run.seconds_left))
     if n <= run.cfg.epochs:
         return
