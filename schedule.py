@@ -8,7 +8,7 @@ the plan if later epochs run slower. A run that reads fewer than
 ``STRETCH_BELOW`` of its (at least ``STRETCH_MIN_VAL``) validation images halfway through its plan,
 with its trained weights and with their average alike, needs more steps than planned: its cycle
 grows to what the rest of the budget holds (timed by the median epoch, as the first carries
-one-off costs). When the plan ends with the validation score
+one-off costs), at most ``STRETCH_MAX`` times the plan. When the plan ends with the validation score
 still rising (its best over the last quarter beats everything before by at least one validation
 image), another cycle of half the plan's length, at half the peak learning rate, follows, as long
 as the budget allows one; and so on.
@@ -28,6 +28,7 @@ EXTEND_SHARE = 0.5  # an extension cycle is this share of the planned epochs
 EXTEND_LR = 0.5  # its peak learning rate, relative to the planned cycle's
 STRETCH_BELOW = 0.97  # validation sequence accuracy halfway through the plan under which the cycle grows
 STRETCH_MIN_VAL = 40  # validation images needed to judge that (on fewer, one image moves it 2.5% or more)
+STRETCH_MAX = 3  # a grown cycle has at most this many times the planned epochs
 CHANCE_AT = 0.3  # share of the planned epochs after which a run still at chance is retried
 CHANCE_MIN_STEPS = 400  # plans shorter than this are not judged
 SLOW_BELOW = 0.5  # validation characters a CRNN reads at that check under which it starts again from another init
@@ -74,11 +75,13 @@ def recent_pace(epoch_times: Sequence[float]) -> float:
 def grown_epochs(planned: int, done: int, accuracy: float, epoch_times: Sequence[float], budget_left: float) -> int:
     """Halfway through the plan, after ``done`` epochs: how many the cycle should have. ``planned``,
     unless validation reads fewer than ``STRETCH_BELOW`` of its images; then as many as the rest of
-    the budget holds, timed by the median epoch after the first (which carries one-off costs)."""
+    the budget holds, timed by the median epoch after the first (which carries one-off costs), up to
+    ``STRETCH_MAX`` times ``planned``."""
     if accuracy >= STRETCH_BELOW or not epoch_times:
         return planned
     per_epoch = statistics.median(epoch_times[1:] or epoch_times)
-    return max(planned, done + math.floor(budget_left / per_epoch)) if per_epoch > 0 else planned
+    held = done + math.floor(budget_left / per_epoch) if per_epoch > 0 else planned
+    return max(planned, min(held, STRETCH_MAX * planned))
 
 
 def still_improving(scores: Sequence[float], window: int, one: float) -> bool:

@@ -825,8 +825,10 @@ def stretch(run: Run, epoch: int) -> None:
     n = agreed(run, schedule.grown_epochs(run.cfg.epochs, epoch, acc, run.epoch_times, run.seconds_left))
     if n <= run.cfg.epochs:
         return
+    held = f"{schedule.STRETCH_MAX} times the plan" if n >= schedule.STRETCH_MAX * run.cfg.epochs else \
+        f"what the time budget ({run.budget / 60:.3g} min) holds"
     run.log(f"validation reads {100 * acc:.1f}% halfway through the plan: the schedule grows from "
-            f"{run.cfg.epochs} to {n} epochs, what the time budget ({run.budget / 60:.3g} min) holds")
+            f"{run.cfg.epochs} to {n} epochs, {held}")
     run.grown_from = run.plan_epochs
     resize_cycle(run, n)
 

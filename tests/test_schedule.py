@@ -45,6 +45,7 @@ def test_grown_epochs_fill_the_budget_only_when_far_from_done():
     assert schedule.grown_epochs(8, 4, 0.95, times, 100.0) == 4 + 9  # not yet: what 100 s hold
     assert schedule.grown_epochs(8, 4, 0.50, times, 100.0) == 4 + 9  # far from done: what 100 s hold
     assert schedule.grown_epochs(8, 4, 0.50, times, 20.0) == 8  # never shorter than planned
+    assert schedule.grown_epochs(8, 4, 0.50, times, 1000.0) == 3 * 8  # nor longer than 3 times the plan
 
 
 @pytest.mark.parametrize("scores, improving", [
