@@ -814,7 +814,7 @@ def fit_budget(run: Run, epoch: int) -> None:
 def stretch(run: Run, epoch: int) -> None:
     """At the planned cycle's midpoint: a run that reads fewer than ``schedule.STRETCH_BELOW`` of its
     validation images with its trained weights and with their average alike needs more steps than
-    planned, so the cycle grows (once) to what the budget holds."""
+    planned, so the cycle grows (once) to what the budget holds, at most ``schedule.STRETCH_MAX`` times the plan."""
     chosen = run.given is None or run.given.epochs is not None  # --epochs (or a resumed run's plan) is kept
     if chosen or not run.cfg.stretch or run.grown_from or len(run.segments) > 1 \
             or len(run.val.labels) < schedule.STRETCH_MIN_VAL or epoch != max(2, run.plan_epochs // 2):
