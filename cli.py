@@ -8,7 +8,7 @@ from typing import Callable, NoReturn, Sequence
 
 from augment import MAX_WARP, STROKES, WARP
 from dataset import CASES
-from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW
+from schedule import BUDGET_PER_1000, MIN_BUDGET, STRETCH_BELOW, STRETCH_MAX
 from selftrain import FIRST_LR, MIN_BUDGET as SELF_TRAINING_BUDGET, ROUND_EMA, SYNTHETIC_MIX
 from calibration import TARGET_PRECISION
 from training import DEFAULT_LR, DEFAULT_STEPS, EMA_DECAY, MIN_EPOCHS, SMALL_SET, SMALL_SET_STEPS, TrainConfig
@@ -141,9 +141,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_int, default=3, metavar="N",
                    help="with --unlabelled: self-training rounds after the labelled-only one")
     p.add_argument("--time-budget", type=positive_float, metavar="MINUTES",
-                   help="longest the training may take; the schedule is fitted to it, grown to fill it when "
-                        f"validation reads under {100 * STRETCH_BELOW:g}%% halfway, and extended while validation "
-                        f"improves (default: {BUDGET_PER_1000 / 60:g} min per 1000 training images, at least "
+                   help="longest the training may take; the schedule is fitted to it, grown to fill it (up to "
+                        f"{STRETCH_MAX}x the plan) when validation reads under {100 * STRETCH_BELOW:g}%% halfway, "
+                        f"and extended while validation improves (default: {BUDGET_PER_1000 / 60:g} min per 1000 "
+                        "training images, at least "
                         f"{MIN_BUDGET / 60:g}; with --unlabelled, for all rounds together, at least "
                         f"{SELF_TRAINING_BUDGET / 60:g}; printed at start)")
     p.add_argument("--threads", type=positive_int, metavar="N",
