@@ -367,6 +367,27 @@ def make_task(cfg: TrainConfig, data: LabelledImages | None,
     return LabelConverter(alphabet, length, ctc=ctc, fixed=fixed), Preprocess(w, h, channels, ink)
 
 
+def kept_from_checkpoint(cfg: TrainConfig, spec: ModelSpec) -> list[str]:
+    """One note per setting this call gives that a run from ``spec``'s weights cannot follow: those
+    weights were made for the checkpoint's alphabet, length, input and label rules, which it keeps."""
+    pre = spec.preprocess
+    size = lambda wh: "x".join(map(str, wh))  # noqa: E731
+    pairs = lambda m: ", ".join(" ".join(p) for p in m) or "none"  # noqa: E731
+    given = [  # (this call's value or None when not given, the checkpoint's, the flag, the checkpoint's as text)
+        (cfg.alphabet, spec.alphabet, f"--alphabet {cfg.alphabet}", f"alphabet {spec.alphabet!r}"),
+        (cfg.length, spec.label_length, f"--length {cfg.length}", f"label length {spec.label_length}"),
+        (tuple(cfg.img_size) if cfg.img_size else None, (pre.width, pre.height), f"--img-size {size(cfg.img_size or ())}",
+         f"input size {size((pre.width, pre.height))}"),
+        (cfg.channels, pre.channels, f"--channels {cfg.channels}", "grey input" if pre.channels == 1 else "colour input"),
+        (() if cfg.ink == "off" else None, pre.ink, "--ink off", ink_text(pre).removeprefix(" + ")),
+        (cfg.case, spec.rules.case, f"--case {cfg.case}", f"case rule {spec.rules.case!r}"),
+        (read_label_map(cfg.label_map) if cfg.label_map else None, spec.rules.label_map,
+         f"--label-map {cfg.label_map}", f"label map ({pairs(spec.rules.label_map)})"),
+    ]
+    return [f"note: using the checkpoint's {theirs_text}, not {flag}: its weights were made for it"
+            for mine, theirs, flag, theirs_text in given if mine is not None and mine != theirs]
+
+
 def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str]:
     """``--arch auto``: the CNN when every label has one length and the characters sit at fixed,
     evenly spaced places (its position heads then each see one character), else the CRNN, which
@@ -717,6 +738,9 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
     if init is not None and init["model_args"]["arch"] != cfg.arch:
         log(f"note: using the checkpoint's architecture {init['model_args']['arch']!r}")
         cfg = replace(cfg, arch=init["model_args"]["arch"])
+    if init is not None and resume is None:
+        for note in kept_from_checkpoint(cfg, ModelSpec.from_checkpoint(init)):
+            log(note)
     data = read_data(cfg, init, log)
     if cfg.arch == "auto":
         arch, why = choose_arch(data, cfg)

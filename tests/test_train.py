@@ -323,3 +323,30 @@ def test_a_crnn_on_flat_colour_captchas_reads_ink_masks_and_says_so(tmp_path, ca
     assert rec.model.features[0].in_channels == 3  # the image and its two masks
     text, _ = rec.predict(tmp_path / "1000.png")
     assert len(text) == 4
+
+
+def test_a_run_from_a_checkpoint_names_each_given_setting_its_weights_keep_their_own(tmp_path):
+    from checkpoint import ModelSpec
+    from conftest import fresh_checkpoint
+    from dataset import Preprocess
+    from training import kept_from_checkpoint
+    pre = Preprocess(100, 32, 1, ((140, 140, 140),))
+    spec = ModelSpec.from_checkpoint(load_checkpoint(fresh_checkpoint(tmp_path / "c.pth", "crnn", "0123456789", 4, pre)))
+    (tmp_path / "map.txt").write_text("x *\n")
+    notes = kept_from_checkpoint(TrainConfig(alphabet="0123", length=5, img_size=(50, 22), channels=3, ink="off",
+                                             case="lower", label_map=str(tmp_path / "map.txt")), spec)
+    assert notes == [f"note: using the checkpoint's {theirs}, not {flag}: its weights were made for it" for theirs, flag in [
+        ("alphabet '0123456789'", "--alphabet 0123"), ("label length 4", "--length 5"),
+        ("input size 100x32", "--img-size 50x22"), ("grey input", "--channels 3"),
+        ("1 ink mask (140,140,140)", "--ink off"), ("case rule 'keep'", "--case lower"),
+        ("label map (none)", f"--label-map {tmp_path / 'map.txt'}")]]
+    same = TrainConfig(alphabet="0123456789", length=4, img_size=(100, 32), channels=1, case="keep")
+    assert kept_from_checkpoint(same, spec) == [] == kept_from_checkpoint(TrainConfig(), spec)
+
+
+def test_fine_tuning_with_another_input_size_says_it_keeps_the_checkpoints(fresh_ckpt, digits_dir, tmp_path, capsys):
+    out = tmp_path / "m.pth"
+    train(TrainConfig(data=[str(digits_dir)], init_from=str(fresh_ckpt), img_size=(60, 24), epochs=1, plot="none",
+                      out=str(out)))
+    assert "note: using the checkpoint's input size 50x22, not --img-size 60x24" in capsys.readouterr().out
+    assert load_checkpoint(out)["preprocess"]["width"] == 50
