@@ -375,7 +375,8 @@ def kept_from_checkpoint(cfg: TrainConfig, spec: ModelSpec) -> list[str]:
     pairs = lambda m: ", ".join(" ".join(p) for p in m) or "none"  # noqa: E731
     given = [  # (this call's value or None when not given, the checkpoint's, the flag, the checkpoint's as text)
         (cfg.alphabet, spec.alphabet, f"--alphabet {cfg.alphabet}", f"alphabet {spec.alphabet!r}"),
-        (cfg.length, spec.label_length, f"--length {cfg.length}", f"label length {spec.label_length}"),
+        (cfg.length, spec.label_length, f"--length {cfg.length}",
+         f"label length {spec.label_length}" if spec.label_length else "labels of any length"),
         (tuple(cfg.img_size) if cfg.img_size else None, (pre.width, pre.height), f"--img-size {size(cfg.img_size or ())}",
          f"input size {size((pre.width, pre.height))}"),
         (cfg.channels, pre.channels, f"--channels {cfg.channels}", "grey input" if pre.channels == 1 else "colour input"),

@@ -342,6 +342,9 @@ def test_a_run_from_a_checkpoint_names_each_given_setting_its_weights_keep_their
         ("label map (none)", f"--label-map {tmp_path / 'map.txt'}")]]
     same = TrainConfig(alphabet="0123456789", length=4, img_size=(100, 32), channels=1, case="keep")
     assert kept_from_checkpoint(same, spec) == [] == kept_from_checkpoint(TrainConfig(), spec)
+    any_length = ModelSpec("crnn", "0123456789", None, pre)
+    assert kept_from_checkpoint(TrainConfig(length=5), any_length) == [
+        "note: using the checkpoint's labels of any length, not --length 5: its weights were made for it"]
 
 
 def test_fine_tuning_with_another_input_size_says_it_keeps_the_checkpoints(fresh_ckpt, digits_dir, tmp_path, capsys):
