@@ -99,7 +99,8 @@ def train_parser() -> argparse.ArgumentParser:
                         "runs/<data folder>/model.pth)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue from CKPT (default: <out>_last.pth)")
-    p.add_argument("--init-from", metavar="CKPT", help="start from these weights (fine-tuning)")
+    p.add_argument("--init-from", metavar="CKPT", help="start from these weights (fine-tuning), keeping the checkpoint's "
+                   "architecture, alphabet, length, input and label rules")
     p.add_argument("--alphabet", help="characters to recognise (default: those in the labels)")
     p.add_argument("--case", choices=CASES,
                    help="letter case of the labels: keep both cases apart, or fold them (default: keep, with "
