@@ -37,7 +37,7 @@ from dataset import DataError, LabelledImages, labelled_files, list_images, load
 from recognizer import CaptchaRecognizer, infer
 from runtime import ConfigError
 from schedule import default_budget
-from training import SMALL_SET, TrainConfig, TrainResult, label_rules, prepare, save_plot, train
+from training import SMALL_SET, TrainConfig, TrainResult, label_rules, prepare, save_plot, train, without_kept
 
 VIEWS = 4  # perturbed copies that must read like the clean image
 WEAK = Augment(shift=0.03, rotate=2.0, shear=0.05, scale=0.04, brightness=0.1, contrast=0.1, noise=0.02, lines=0.0)
@@ -183,6 +183,7 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
     first, line = first_round(base, texts, work, deadline)
     log(line)
     best = train(first)
+    base, first = without_kept(base), without_kept(first)  # round 0 named the flags its checkpoint overrides
     if best.validation is None or not best.validation.labels:
         raise DataError("too few labelled images for a validation split: self-training needs one")
     lengths = labelled_lengths(best, texts)

@@ -374,6 +374,7 @@ def kept_from_checkpoint(cfg: TrainConfig, spec: ModelSpec) -> list[str]:
     size = lambda wh: "x".join(map(str, wh))  # noqa: E731
     pairs = lambda m: ", ".join(" ".join(p) for p in m) or "none"  # noqa: E731
     given = [  # (this call's value or None when not given, the checkpoint's, the flag, the checkpoint's as text)
+        (None if cfg.arch == "auto" else cfg.arch, spec.arch, f"--arch {cfg.arch}", f"architecture {spec.arch!r}"),
         (cfg.alphabet, spec.alphabet, f"--alphabet {cfg.alphabet}", f"alphabet {spec.alphabet!r}"),
         (cfg.length, spec.label_length, f"--length {cfg.length}",
          f"label length {spec.label_length}" if spec.label_length else "labels of any length"),
@@ -387,6 +388,15 @@ def kept_from_checkpoint(cfg: TrainConfig, spec: ModelSpec) -> list[str]:
     ]
     return [f"note: using the checkpoint's {theirs_text}, not {flag}: its weights were made for it"
             for mine, theirs, flag, theirs_text in given if mine is not None and mine != theirs]
+
+
+def without_kept(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` less the settings a run from its ``--init-from`` checkpoint takes from the checkpoint
+    instead: for runs after one whose notes (``kept_from_checkpoint``) have named them. ``--alphabet``
+    stays, as it also chooses which labelled files are read."""
+    if not cfg.init_from:
+        return cfg
+    return replace(cfg, arch="auto", length=None, img_size=None, channels=None, ink="auto", case=None, label_map=None)
 
 
 def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str]:
@@ -736,12 +746,13 @@ def setup(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torc
     """Read the data, resolve the defaults, build the model, loader and optimizer (and restore a resumed run)."""
     given = cfg
     init = resume or (load_checkpoint(cfg.init_from) if cfg.init_from else None)
-    if init is not None and init["model_args"]["arch"] != cfg.arch:
-        log(f"note: using the checkpoint's architecture {init['model_args']['arch']!r}")
-        cfg = replace(cfg, arch=init["model_args"]["arch"])
     if init is not None and resume is None:
         for note in kept_from_checkpoint(cfg, ModelSpec.from_checkpoint(init)):
             log(note)
+    if init is not None and init["model_args"]["arch"] != cfg.arch:
+        if cfg.arch == "auto":
+            log(f"arch auto: {init['model_args']['arch']}, as the --init-from checkpoint is one")
+        cfg = replace(cfg, arch=init["model_args"]["arch"])
     data = read_data(cfg, init, log)
     if cfg.arch == "auto":
         arch, why = choose_arch(data, cfg)

@@ -153,7 +153,7 @@ def test_a_good_model_trains_on_its_stable_pseudo_labels(tmp_path, capsys):
     labelled, truth = labelled_and_pool(tmp_path)
     shipped = str(ROOT / "captcha_recognize.pth")  # a good reader of these captchas to start each round from
     result = train(TrainConfig(data=[str(labelled)], unlabelled=str(tmp_path / "unl"), rounds=1, epochs=2, lr=1e-3,
-                               init_from=shipped, val_split=0.25, batch_size=16,
+                               init_from=shipped, img_size=(60, 24), val_split=0.25, batch_size=16,
                                out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
     r1 = result.rounds[1]
     assert r1["pseudo"] >= 20  # most of the pool read stably
@@ -162,7 +162,9 @@ def test_a_good_model_trains_on_its_stable_pseudo_labels(tmp_path, capsys):
     ckpt = load_checkpoint(tmp_path / "m.pth")
     assert ckpt["config"]["unlabelled"] == str(tmp_path / "unl") and len(ckpt["self_training"]) == 2
     assert ckpt["self_training"][1]["kept"] in (0, 1)
-    assert f"{r1['pseudo']} of 60 unlabelled captchas read the same" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{r1['pseudo']} of 60 unlabelled captchas read the same" in out
+    assert out.count("not --img-size 60x24") == 1  # said by round 0, not again by each round after it
 
 
 @pytest.mark.slow

@@ -333,14 +333,15 @@ def test_a_run_from_a_checkpoint_names_each_given_setting_its_weights_keep_their
     pre = Preprocess(100, 32, 1, ((140, 140, 140),))
     spec = ModelSpec.from_checkpoint(load_checkpoint(fresh_checkpoint(tmp_path / "c.pth", "crnn", "0123456789", 4, pre)))
     (tmp_path / "map.txt").write_text("x *\n")
-    notes = kept_from_checkpoint(TrainConfig(alphabet="0123", length=5, img_size=(50, 22), channels=3, ink="off",
-                                             case="lower", label_map=str(tmp_path / "map.txt")), spec)
+    notes = kept_from_checkpoint(TrainConfig(arch="cnn", alphabet="0123", length=5, img_size=(50, 22), channels=3,
+                                             ink="off", case="lower", label_map=str(tmp_path / "map.txt")), spec)
     assert notes == [f"note: using the checkpoint's {theirs}, not {flag}: its weights were made for it" for theirs, flag in [
+        ("architecture 'crnn'", "--arch cnn"),
         ("alphabet '0123456789'", "--alphabet 0123"), ("label length 4", "--length 5"),
         ("input size 100x32", "--img-size 50x22"), ("grey input", "--channels 3"),
         ("1 ink mask (140,140,140)", "--ink off"), ("case rule 'keep'", "--case lower"),
         ("label map (none)", f"--label-map {tmp_path / 'map.txt'}")]]
-    same = TrainConfig(alphabet="0123456789", length=4, img_size=(100, 32), channels=1, case="keep")
+    same = TrainConfig(arch="crnn", alphabet="0123456789", length=4, img_size=(100, 32), channels=1, case="keep")
     assert kept_from_checkpoint(same, spec) == [] == kept_from_checkpoint(TrainConfig(), spec)
     any_length = ModelSpec("crnn", "0123456789", None, pre)
     assert kept_from_checkpoint(TrainConfig(length=5), any_length) == [
@@ -351,5 +352,7 @@ def test_fine_tuning_with_another_input_size_says_it_keeps_the_checkpoints(fresh
     out = tmp_path / "m.pth"
     train(TrainConfig(data=[str(digits_dir)], init_from=str(fresh_ckpt), img_size=(60, 24), epochs=1, plot="none",
                       out=str(out)))
-    assert "note: using the checkpoint's input size 50x22, not --img-size 60x24" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "note: using the checkpoint's input size 50x22, not --img-size 60x24" in said
+    assert "arch auto: cnn, as the --init-from checkpoint is one" in said and "architecture" not in said
     assert load_checkpoint(out)["preprocess"]["width"] == 50
