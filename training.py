@@ -396,7 +396,8 @@ def without_kept(cfg: TrainConfig) -> TrainConfig:
     stays, as it also chooses which labelled files are read."""
     if not cfg.init_from:
         return cfg
-    return replace(cfg, arch="auto", length=None, img_size=None, channels=None, ink="auto", case=None, label_map=None)
+    return replace(cfg, arch=load_checkpoint(cfg.init_from)["model_args"]["arch"], length=None, img_size=None,
+                   channels=None, ink="auto", case=None, label_map=None)
 
 
 def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str]:

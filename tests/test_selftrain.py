@@ -165,6 +165,7 @@ def test_a_good_model_trains_on_its_stable_pseudo_labels(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{r1['pseudo']} of 60 unlabelled captchas read the same" in out
     assert out.count("not --img-size 60x24") == 1  # said by round 0, not again by each round after it
+    assert out.count("arch auto: crnn, as the --init-from checkpoint is one") == 1
 
 
 @pytest.mark.slow
