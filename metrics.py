@@ -156,10 +156,12 @@ def contact_sheet(items: Sequence[tuple[ImageInput, str, str, float]], path: str
         img = open_image(src).convert("RGB")
         img = img.resize((max(1, round(img.width * tile_h / img.height)), tile_h), Image.NEAREST)
         tiles.append((img, f"{truth} -> {pred} ({conf:.2f})"))
-    tile_w = max(160, max((im.width for im, _ in tiles), default=160)) + 8
+    font = caption_font()
+    widest = max((max(im.width, math.ceil(font.getlength(caption))) for im, caption in tiles), default=160)
+    tile_w = max(160, widest) + 8  # a caption longer than its image widens every tile, not the next one
     rows = max(1, math.ceil(len(tiles) / columns))
     sheet = Image.new("RGB", (tile_w * min(columns, max(1, len(tiles))), rows * (tile_h + 22)), "white")
-    draw, font = ImageDraw.Draw(sheet), caption_font()
+    draw = ImageDraw.Draw(sheet)
     for i, (img, caption) in enumerate(tiles):
         x, y = (i % columns) * tile_w + 4, (i // columns) * (tile_h + 22)
         sheet.paste(img, (x, y + 2))

@@ -186,8 +186,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "e.g. --train-args='--ema 0.99'; shown in the arch column")
     p.add_argument("--markdown", metavar="FILE", help="also write the table into FILE (e.g. docs/results.md)")
     p.add_argument("--errors", metavar="DIR", help="write a contact sheet of each run's misread test images to "
-                                                   "DIR/<dataset>-<arch>-<train images>-seed<seed>.png")
+                                                   "DIR/<dataset>-<arch>-<train images>-seed<seed>.png "
+                                                   "(<dataset>: a folder's own name)")
     return p.parse_args(argv)
+
+
+def errors_sheet(folder: str, name: str, arch: str, n: int, seed: int) -> Path:
+    """Where ``--errors`` puts a run's contact sheet; a dataset given as a folder is named by its last part."""
+    return Path(folder) / f"{Path(name).name}-{arch}-{n}-seed{seed}.png"
 
 
 def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainConfig,
@@ -207,7 +213,7 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
                 rest = [f for f in pool if f not in chosen]
                 runs.append(run_one(train_files, test, replace(base, arch=arch, seed=seed), workdir, rest))
                 if args.errors:
-                    sheet = Path(args.errors) / f"{name}-{arch}-{len(train_files)}-seed{seed}.png"
+                    sheet = errors_sheet(args.errors, name, arch, len(train_files), seed)
                     sheet.parent.mkdir(parents=True, exist_ok=True)
                     contact_sheet(runs[-1]["misread"], sheet)
                 print(f"  {name} {arch} n={len(train_files)} seed {seed}: "

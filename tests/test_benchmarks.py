@@ -5,6 +5,7 @@ import importlib.util
 import math
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,6 +118,15 @@ def test_contention_benchmark_quick(tmp_path):
         assert free > 0 and busy > 0 and abs(slow - busy / free) < 0.06
     assert_names_machine(r.stdout)
     assert "`python benchmarks/contention.py --quick`" in (tmp_path / "r.md").read_text()
+
+
+def test_misread_sheets_of_a_dataset_given_as_a_folder_go_into_the_errors_folder():
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import errors_sheet
+    assert errors_sheet("errs", "/data/other-site/", "auto", 1600, 0) == Path("errs/other-site-auto-1600-seed0.png")
+    assert errors_sheet("errs", "rkn-securimage", "crnn", 400, 2) == Path("errs/rkn-securimage-crnn-400-seed2.png")
 
 
 def test_the_simulated_labeller_counts_enter_or_the_text_and_enter():

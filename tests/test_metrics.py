@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from metrics import build_report, confused_pairs, contact_sheet, edit_distance, format_results, mistakes_table, score
+from metrics import (build_report, caption_font, confused_pairs, contact_sheet, edit_distance, format_results,
+                     mistakes_table, score)
 
 
 @pytest.mark.parametrize("a, b, d", [("", "", 0), ("abc", "abc", 0), ("abc", "abd", 1), ("abc", "ab", 1),
@@ -63,6 +64,17 @@ def test_contact_sheet_has_one_tile_per_image(tmp_path):
     contact_sheet([(img, "1234", "1284", 0.5)] * 8, tmp_path / "s.png", columns=6)
     with Image.open(tmp_path / "s.png") as sheet:
         assert sheet.size == (6 * 168, 2 * 72)  # 6 columns, 2 rows of 50-pixel tiles with captions
+
+
+def test_contact_sheet_tiles_are_as_wide_as_their_captions(tmp_path):
+    caption = "3a4ey3uxyz -> 3a4ey3vxyz (1.00)"  # wider than its 60-pixel image and than 160 pixels
+    contact_sheet([(Image.new("RGB", (60, 50), "white"), "3a4ey3uxyz", "3a4ey3vxyz", 1.0)] * 2, tmp_path / "s.png")
+    with Image.open(tmp_path / "s.png") as sheet:
+        tile_w = sheet.width // 2
+        assert tile_w >= 4 + caption_font().getlength(caption) > 164
+        strip = sheet.convert("RGB").crop((0, 54, sheet.width, 72))  # the captions' row
+        red = [x for x in range(strip.width) for y in range(strip.height) if strip.getpixel((x, y))[1] < 100]
+        assert max(x for x in red if x < tile_w) < tile_w - 2  # the first caption ends inside its own tile
 
 
 def test_contact_sheet_is_a_png_whatever_the_name_says(tmp_path):
