@@ -98,10 +98,13 @@ def at_chance(history: Sequence[dict[str, Any]], n_classes: int, ctc: bool) -> b
     as a random pick from the alphabet, and (for the CNN, whose loss starts at chance) a training
     loss that has not fallen below 90% of its first epoch's."""
     s = history[-1]
-    if "character_accuracy" not in s:
-        return False
-    guessing = s["character_accuracy"] <= 2.0 / n_classes
-    return guessing and (ctc or s["loss"] >= 0.9 * history[0]["loss"])
+    return guessing(s, n_classes) and (ctc or s["loss"] >= 0.9 * history[0]["loss"])
+
+
+def guessing(s: dict[str, Any], n_classes: int) -> bool:
+    """Whether a validation reading got characters right at most twice as often as a random pick
+    from the alphabet (False when it has no characters to count)."""
+    return s.get("character_accuracy", 1.0) <= 2.0 / n_classes
 
 
 def slow_start(history: Sequence[dict[str, Any]], n_val: int) -> bool:

@@ -1,12 +1,17 @@
 """How long training runs: the budget, the grown and extension cycles and the retry of a run stuck at chance."""
 from __future__ import annotations
 
+import random
+import shutil
+from dataclasses import replace
+
 import pytest
 import torch
 
 import schedule
 import training
 from checkpoint import load_checkpoint
+from conftest import ROOT
 from training import TrainConfig, train
 
 
@@ -64,6 +69,30 @@ def test_at_chance_is_guessing_with_a_loss_that_did_not_fall():
     reads = [{"loss": 3.50, "character_accuracy": 0.03}, {"loss": 3.4, "character_accuracy": 0.5}]
     assert schedule.at_chance(flat, 33, ctc=False) and not schedule.at_chance(reads, 33, ctc=False)
     assert not schedule.at_chance(fell, 33, ctc=False) and schedule.at_chance(fell, 33, ctc=True)
+
+
+def test_guessing_is_at_most_twice_the_characters_a_random_pick_gets():
+    assert schedule.guessing({"character_accuracy": 0.2}, 10) and not schedule.guessing({"character_accuracy": 0.21}, 10)
+    assert not schedule.guessing({"sequence_accuracy": -1.0}, 10)  # nothing validated yet
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_guessing_says_what_the_user_can_do(tmp_path, capsys):
+    files = random.Random(1).sample(sorted((ROOT / "train_images").iterdir()), 500)
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for f, name in zip(files, random.Random(0).sample([f.name for f in files], len(files))):
+        shutil.copy(f, shuffled / name)  # every image named by another's text: nothing to learn
+    cfg = TrainConfig(data=[str(shuffled)], arch="cnn", epochs=12, val_split=0.2, out=str(tmp_path / "m.pth"),
+                      plot="none", show_errors=0)
+    train(cfg)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "no better than guessing" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: the best model reads ")
+    assert "guessing among 10: check that the file names are the texts in their images; if they are, these " \
+           "captchas need more than 400 labelled images or a longer --time-budget" in lines[0]
+    train(replace(cfg, data=[str(f) for f in files], arch="auto", init_from=str(ROOT / "captcha_recognize.pth"),
+                  epochs=1, lr=1e-4))  # the same images under their own names, to the shipped model: it reads them
+    assert "no better than guessing" not in capsys.readouterr().out
 
 
 def test_slow_start_is_far_from_reading_the_characters_of_enough_validation_images():
@@ -155,7 +184,7 @@ def test_a_cnn_stuck_at_chance_starts_again_as_a_crnn(digits_dir, tmp_path, monk
     out = capsys.readouterr().out
     assert "after 5 epochs the cnn still reads the validation images no better than guessing: starting again " \
            "as a CRNN" in out
-    assert result.config.arch == "crnn" and out.count("no better than guessing") == 1  # once only
+    assert result.config.arch == "crnn" and out.count("still reads the validation images no better") == 1  # once only
     assert load_checkpoint(tmp_path / "m.pth")["model_args"]["arch"] == "crnn"
 
 
@@ -191,7 +220,8 @@ def test_a_crnn_slow_to_start_starts_again_from_another_initialisation(arch, cha
         return
     read = "the validation images no better than guessing" if chance else "only"
     change = "another initialisation (seed 4)" + (" at learning rate 0.00033" if chance else "")
-    assert f"after 5 epochs the crnn still reads {read}" in out and ("% of the validation characters" in out) != chance
+    line = next(ln for ln in out.splitlines() if ln.startswith("after 5 epochs the crnn still reads "))
+    assert read in line and ("% of the validation characters" in line) != chance
     assert f"starting again from {change}" in out and out.count("starting again") == 1
     assert seeds == [3, 4] and result.config.seed == 4 and result.config.split_seed == 3
     assert result.config.lr == pytest.approx(1e-3 / 3 if chance else 1e-3)
