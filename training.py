@@ -1025,19 +1025,22 @@ def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
     result = (f"best epoch {run.best.get('epoch')}: sequence accuracy {100 * run.best['sequence_accuracy']:.2f}%"
               if run.val.labels else "no validation images, saved the last epoch")
     log(f"trained {plural(run.cfg.epochs - run.start + 1, 'epoch')} in {seconds:.1f}s; {result} -> {run.cfg.out}")
-    if run.val.labels and schedule.guessing(run.best, len(run.converter.alphabet)):
-        log(still_guessing(run))
+    warn_if_guessing(run)
     if d.main:
         finish(run)
     return TrainResult(Path(run.cfg.out), run.best, run.cfg, seconds, run.history, validation=run.val)
 
 
-def still_guessing(run: Run) -> str:
-    """The line for a finished run whose best model still reads no better than guessing: what the user can do."""
-    return (f"warning: the best model reads {100 * run.best['character_accuracy']:.0f}% of the validation characters, "
-            f"no better than guessing among {len(run.converter.alphabet)}: check that the file names are the texts "
-            f"in their images; if they are, these captchas need more than {plural(len(run.train_set), 'labelled image')}"
-            f" or a longer --time-budget")
+def warn_if_guessing(run: Run) -> None:
+    """A finished run on labelled images whose best model still reads no better than guessing says what to do."""
+    labelled = getattr(run.train_set, "datasets", [run.train_set])[0]  # not generated captchas
+    n_classes = len(run.converter.alphabet)
+    if not run.val.labels or not isinstance(labelled, ArrayDataset) or not schedule.guessing(run.best, n_classes):
+        return
+    run.log(f"warning: the best model reads {100 * run.best['character_accuracy']:.0f}% of the validation "
+            f"characters, no better than guessing among {n_classes}: check that the file names are the texts in "
+            f"their images; if they are, these captchas need more than {plural(len(labelled), 'labelled image')} "
+            "or a longer --time-budget")
 
 
 def attempt(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torch.device,

@@ -93,6 +93,10 @@ def test_a_run_that_ends_guessing_says_what_the_user_can_do(tmp_path, capsys):
     train(replace(cfg, data=[str(f) for f in files], arch="auto", init_from=str(ROOT / "captcha_recognize.pth"),
                   epochs=1, lr=1e-4))  # the same images under their own names, to the shipped model: it reads them
     assert "no better than guessing" not in capsys.readouterr().out
+    train(TrainConfig(synthetic=64, alphabet="0123456789", length=4, arch="cnn", epochs=1, out=str(tmp_path / "g.pth"),
+                      plot="none", show_errors=0))
+    out = capsys.readouterr().out
+    assert "sequence 0/200 (0.0%)" in out and "no better than guessing" not in out  # generated: no file names
 
 
 def test_slow_start_is_far_from_reading_the_characters_of_enough_validation_images():
