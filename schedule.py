@@ -103,8 +103,9 @@ def at_chance(history: Sequence[dict[str, Any]], n_classes: int, ctc: bool) -> b
 
 def guessing(s: dict[str, Any], n_classes: int) -> bool:
     """Whether a validation reading got characters right at most twice as often as a random pick
-    from the alphabet (False when it has no characters to count)."""
-    return s.get("character_accuracy", 1.0) <= 2.0 / n_classes
+    from the alphabet (False when it has no characters to count, or an alphabet of 2 or fewer, where
+    twice a random pick is every character)."""
+    return n_classes > 2 and "character_accuracy" in s and s["character_accuracy"] <= 2.0 / n_classes
 
 
 def slow_start(history: Sequence[dict[str, Any]], n_val: int) -> bool:

@@ -148,8 +148,10 @@ def self_train(cfg: TrainConfig) -> TrainResult:
             shutil.rmtree(work, ignore_errors=True)
     log(f"self-training done in {time.time() - t0:.1f}s; kept round {history[-1]['kept']}: validation sequence "
         f"accuracy {100 * best.best['sequence_accuracy']:.2f}% -> {base.out}")
+    if best.advice:
+        log(best.advice)
     return TrainResult(Path(base.out), best.best, replace(best.config, out=base.out, unlabelled=cfg.unlabelled),
-                       time.time() - t0, best.history, history)
+                       time.time() - t0, best.history, history, advice=best.advice)
 
 
 def first_round(base: TrainConfig, texts: list[str], work: Path, deadline: float) -> tuple[TrainConfig, str]:
@@ -182,7 +184,7 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
     (seconds) until ``deadline``; returns the kept round and a summary."""
     first, line = first_round(base, texts, work, deadline)
     log(line)
-    best = train(first)
+    best = train(first, advise=False)  # self_train gives the kept round's advice
     base, first = without_kept(base), without_kept(first)  # round 0 named the flags its checkpoint overrides
     if best.validation is None or not best.validation.labels:
         raise DataError("too few labelled images for a validation split: self-training needs one")
@@ -224,7 +226,7 @@ def run_rounds(base: TrainConfig, texts: list[str], rounds: int, images: list[Im
                 + (" (labelled images only)" if history[-1]["kept"] == 0 else ""))
             break
         extra = LabelledImages([images[i] for i in kept], [readings[i][0] for i in kept], [paths[i] for i in kept])
-        result = train(round_config(base, work, r, deadline), extra=extra)
+        result = train(round_config(base, work, r, deadline), extra=extra, advise=False)
         score = result.best["sequence_accuracy"]
         history.append({"round": r, "pseudo": len(kept), "val": score,
                         "kept": r if score >= best.best["sequence_accuracy"] else history[-1]["kept"],
@@ -258,8 +260,9 @@ def labelled_round_again(first: TrainConfig, work: Path, seconds: float, log: Ca
     seed = first.seed + AGAIN_SEED
     log(f"pseudo-labels are not confident enough: round 0 once more from seed {seed} on the same split, "
         "keeping whichever reads the validation split better")
+    budget = min(first.time_budget, seconds / 60)  # seconds / 60 can round above it
     return train(replace(first, seed=seed, split_seed=first.val_seed, out=str(work / "round0-again.pth"),
-                         time_budget=min(first.time_budget, seconds / 60)))  # seconds / 60 can round above it
+                         time_budget=budget), advise=False)
 
 
 def better(a: TrainResult, b: TrainResult) -> bool:

@@ -129,6 +129,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # self-training: one summary per round
     validation: Split | None = None  # the validation images, as uint8 arrays at the input size
+    advice: str = ""  # a warning that the best model still reads no better than guessing, and what to do
 
 
 # ------------------------------------------------------------------------ distributed
@@ -848,12 +849,16 @@ def fit_budget(run: Run, epoch: int) -> None:
     resize_cycle(run, n)
 
 
+def epochs_chosen(run: Run) -> bool:
+    """Whether the run keeps a given number of epochs: --epochs, or a resumed run's plan."""
+    return run.given is None or run.given.epochs is not None
+
+
 def stretch(run: Run, epoch: int) -> None:
     """At the planned cycle's midpoint: a run that reads fewer than ``schedule.STRETCH_BELOW`` of its
     validation images with its trained weights and with their average alike needs more steps than
     planned, so the cycle grows (once) to what the budget holds, at most ``schedule.STRETCH_MAX`` times the plan."""
-    chosen = run.given is None or run.given.epochs is not None  # --epochs (or a resumed run's plan) is kept
-    if chosen or not run.cfg.stretch or run.grown_from or len(run.segments) > 1 \
+    if epochs_chosen(run) or not run.cfg.stretch or run.grown_from or len(run.segments) > 1 \
             or len(run.val.labels) < schedule.STRETCH_MIN_VAL or epoch != max(2, run.plan_epochs // 2):
         return
     acc = run.history[-1].get("sequence_accuracy", 1.0)
@@ -977,10 +982,11 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     return cfg, resume
 
 
-def train(cfg: TrainConfig, extra: LabelledImages | None = None) -> TrainResult:
+def train(cfg: TrainConfig, extra: LabelledImages | None = None, advise: bool = True) -> TrainResult:
     """Train per ``cfg`` (which is not changed); writes checkpoints on rank 0. ``extra`` labelled
     images join the training set but never the validation split; with ``cfg.unlabelled`` the run
-    is semi-supervised (``selftrain.self_train``).
+    is semi-supervised (``selftrain.self_train``). ``advise``: print the result's ``advice``, if any
+    (self-training's rounds leave it to the round kept).
 
     Raises ``ConfigError`` for settings that cannot work (before anything is read), ``DataError``
     for unusable data, ``CheckpointError`` for a bad checkpoint and ``OutputBusy`` when another
@@ -995,7 +1001,7 @@ def train(cfg: TrainConfig, extra: LabelledImages | None = None) -> TrainResult:
     finished = False
     try:
         with lock:
-            result = train_locked(cfg, resume, d, extra)
+            result = train_locked(cfg, resume, d, extra, advise)
         finished = True
         return result
     finally:
@@ -1003,7 +1009,7 @@ def train(cfg: TrainConfig, extra: LabelledImages | None = None) -> TrainResult:
 
 
 def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
-                 extra: LabelledImages | None = None) -> TrainResult:
+                 extra: LabelledImages | None = None, advise: bool = True) -> TrainResult:
     """``train`` once this process may write ``cfg.out``."""
     device = d.setup(pick_device(cfg.device))
     log = (lambda *a, **k: print(*a, **k)) if d.main and not cfg.quiet else (lambda *a, **k: None)
@@ -1025,22 +1031,25 @@ def train_locked(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist,
     result = (f"best epoch {run.best.get('epoch')}: sequence accuracy {100 * run.best['sequence_accuracy']:.2f}%"
               if run.val.labels else "no validation images, saved the last epoch")
     log(f"trained {plural(run.cfg.epochs - run.start + 1, 'epoch')} in {seconds:.1f}s; {result} -> {run.cfg.out}")
-    warn_if_guessing(run)
+    advice = guessing_advice(run)
+    if advice and advise:
+        log(advice)
     if d.main:
         finish(run)
-    return TrainResult(Path(run.cfg.out), run.best, run.cfg, seconds, run.history, validation=run.val)
+    return TrainResult(Path(run.cfg.out), run.best, run.cfg, seconds, run.history, validation=run.val, advice=advice)
 
 
-def warn_if_guessing(run: Run) -> None:
-    """A finished run on labelled images whose best model still reads no better than guessing says what to do."""
-    labelled = getattr(run.train_set, "datasets", [run.train_set])[0]  # not generated captchas
+def guessing_advice(run: Run) -> str:
+    """For a run on labelled files whose best model still reads its validation split no better than
+    guessing: a warning saying what the user can do; else ""."""
     n_classes = len(run.converter.alphabet)
-    if not run.val.labels or not isinstance(labelled, ArrayDataset) or not schedule.guessing(run.best, n_classes):
-        return
-    run.log(f"warning: the best model reads {100 * run.best['character_accuracy']:.0f}% of the validation "
+    if not run.n_images or run.cfg.val_split <= 0 or not schedule.guessing(run.best, n_classes):
+        return ""
+    longer = "more --epochs" if epochs_chosen(run) else "a longer --time-budget"
+    return (f"warning: the best model reads {100 * run.best['character_accuracy']:.0f}% of the validation "
             f"characters, no better than guessing among {n_classes}: check that the file names are the texts in "
-            f"their images; if they are, these captchas need more than {plural(len(labelled), 'labelled image')} "
-            "or a longer --time-budget")
+            f"their images; if they are, these captchas need more than {plural(run.n_images, 'labelled image')} "
+            f"or {longer}")
 
 
 def attempt(cfg: TrainConfig, resume: dict[str, Any] | None, d: Dist, device: torch.device,

@@ -193,7 +193,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def errors_sheet(folder: str, name: str, arch: str, n: int, seed: int) -> Path:
     """Where ``--errors`` puts a run's contact sheet; a dataset given as a folder is named by its last part."""
-    return Path(folder) / f"{Path(name).name}-{arch}-{n}-seed{seed}.png"
+    return Path(folder) / f"{Path(name).resolve().name}-{arch}-{n}-seed{seed}.png"
 
 
 def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainConfig,

@@ -127,6 +127,7 @@ def test_misread_sheets_of_a_dataset_given_as_a_folder_go_into_the_errors_folder
     from accuracy import errors_sheet
     assert errors_sheet("errs", "/data/other-site/", "auto", 1600, 0) == Path("errs/other-site-auto-1600-seed0.png")
     assert errors_sheet("errs", "rkn-securimage", "crnn", 400, 2) == Path("errs/rkn-securimage-crnn-400-seed2.png")
+    assert errors_sheet("errs", ".", "cnn", 48, 0) == Path(f"errs/{Path.cwd().name}-cnn-48-seed0.png")
 
 
 def test_the_simulated_labeller_counts_enter_or_the_text_and_enter():

@@ -132,6 +132,8 @@ def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, 
                                out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
     out = capsys.readouterr().out
     assert "pseudo-labels are not confident enough: keeping round 0 (labelled images only)" in out
+    assert result.advice and out.count("no better than guessing") == 1  # said once, of the round kept, at the end
+    assert out.rstrip().endswith(result.advice)
     ckpt = load_checkpoint(tmp_path / "m.pth")
     assert [r["round"] for r in result.rounds] == [0] and ckpt["self_training"][0]["kept"] == 0
     assert "as a CRNN (with 64 labels" in out and rounds[0].arch == "crnn"  # few labels: a CRNN reads them
