@@ -24,6 +24,7 @@ from recognizer import CaptchaRecognizer, all_logits
 
 TARGET_PRECISION = 0.995  # share of accepted validation answers that must be right
 T_MIN, T_MAX = 0.05, 20.0  # the temperatures searched
+FLOOR_Z = 1.645  # one-sided 95% normal quantile of the accepted answers' lower bound
 ECE_BINS = 15
 ACCEPT_NONE = math.nextafter(1.0, 2.0)  # the threshold when no confidence reaches the target: above any confidence
 
@@ -54,9 +55,19 @@ class Calibration:
             accept = f"no confidence reaches {100 * self.target_precision:g}% right: nothing is accepted"
         else:
             accept = (f"accept at confidence >= {self.threshold:.4f} ({self.accepted} of {self.n} answers, "
-                      f"{100 * self.accepted_right / self.accepted:.1f}% right)")
+                      f"{100 * self.accepted_right / self.accepted:.1f}% right; on new images 95% sure of at least "
+                      f"{100 * precision_floor(self.accepted_right, self.accepted):.1f}%)")
         return (f"calibrated on {self.n} validation images ({self.right} read right): {fit}, expected "
                 f"calibration error {100 * self.ece_before:.1f}% -> {100 * self.ece_after:.1f}%; {accept}")
+
+
+def precision_floor(right: int, n: int, z: float = FLOOR_Z) -> float:
+    """The Wilson score lower bound (one-sided, ``z``) of the share right among answers like these
+    ``n``, of which ``right`` were right: how far ``right / n`` can be trusted; 0 for no answers."""
+    if n <= 0:
+        return 0.0
+    p, zz = right / n, z * z / n
+    return max(0.0, (p + zz / 2 - z * math.sqrt(p * (1 - p) / n + zz / (4 * n))) / (1 + zz))
 
 
 def expected_calibration_error(confs: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS) -> float:

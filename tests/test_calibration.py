@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from calibration import (ACCEPT_NONE, accept_threshold, calibrate, expected_calibration_error, fit_temperature,
-                         held_out_report)
+from calibration import (ACCEPT_NONE, Calibration, accept_threshold, calibrate, expected_calibration_error,
+                         fit_temperature, held_out_report, precision_floor)
 from checkpoint import ModelSpec, atomic_save, load_checkpoint
 from conftest import run_script
 from dataset import LabelConverter, list_images, preprocess
@@ -65,6 +65,15 @@ def test_threshold_keeps_equal_confidences_together_and_can_accept_nothing():
     assert accept_threshold([0.9, 0.9, 0.8], [True, False, True], 0.99) == ACCEPT_NONE > 1.0
     assert accept_threshold([0.9, 0.9, 0.8], [True, True, False], 0.99) == 0.9
     assert accept_threshold([0.5, 0.4], [False, False], 0.5) == ACCEPT_NONE
+
+
+def test_the_accepted_answers_share_right_comes_with_how_low_it_may_be_on_new_images():
+    assert precision_floor(25, 25) == pytest.approx(25 / (25 + 1.645 ** 2))  # Wilson's bound when all are right
+    assert precision_floor(24, 25) < precision_floor(25, 25) < precision_floor(290, 290) < 1
+    assert precision_floor(0, 5) == precision_floor(0, 0) == 0.0
+    cal = Calibration(n=40, right=38, temperature=1.0, threshold=0.9, target_precision=0.995, ece_before=0.0,
+                      ece_after=0.0, accepted=25, accepted_right=25)
+    assert "(25 of 40 answers, 100.0% right; on new images 95% sure of at least 90.2%)" in cal.describe()
 
 
 def test_all_right_sets_the_mean_confidence_to_the_estimated_accuracy_and_accepts_everything():
