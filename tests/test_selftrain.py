@@ -37,13 +37,13 @@ def labelled_and_pool(tmp_path):
 
 def test_stable_readings_need_every_perturbed_copy_to_agree(digits_dir):
     rec = CaptchaRecognizer(ROOT / "captcha_recognize.pth")  # a trained reader: some images are borderline
-    images, _ = load_images(sorted(digits_dir.iterdir())[:16])
-    arrays = to_arrays(images, rec.spec)  # (16, C, H, W) uint8
+    images, _ = load_images(sorted(digits_dir.iterdir()))
+    arrays = to_arrays(images, rec.spec)  # (64, C, H, W) uint8
     clean = [t for t, _ in rec.predict_arrays(arrays)]
     readings = stable_readings(rec, arrays, seed=0, lengths={4})
     assert all(r is None or r[0] == c for r, c in zip(readings, clean))  # a pseudo-label is the clean reading
-    assert 0 < sum(r is None for r in readings) < 16  # some read unstably, most do not
-    assert stable_readings(rec, arrays, seed=0, lengths={5}) == [None] * 16  # never of a length not labelled
+    assert 0 < sum(r is None for r in readings) < len(images) // 2  # some read unstably, most do not
+    assert stable_readings(rec, arrays, seed=0, lengths={5}) == [None] * len(images)  # never of a length not labelled
 
 
 def test_stable_readings_are_refused_on_evidence_not_on_one_misread_of_a_small_split():

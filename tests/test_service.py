@@ -105,7 +105,7 @@ def test_both_input_forms_and_several_models(server, models, images):
     assert_reads_as(many.json()["results"], digits, "digits")
     listed = {m["name"]: m for m in httpx.get(f"{server}/v1/models").json()}
     assert listed["digits"] | {"loaded_at": None} == {
-        "name": "digits", "arch": "crnn", "alphabet": "0123456789", "length": None, "format": "pth",
+        "name": "digits", "arch": "crnn", "alphabet": "0123456789", "length": 4, "format": "pth",
         "input": {"width": 50, "height": 22, "channels": 1, "ink": []}, "loaded_at": None, "error": None,
         "temperature": CaptchaRecognizer(models["digits"]).temperature,
         "threshold": CaptchaRecognizer(models["digits"]).threshold}
