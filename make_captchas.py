@@ -8,45 +8,9 @@ Each image is drawn at twice the size and scaled down to ``--size``; files are n
 ``<label>.png`` (``<label>_<k>.png`` when a label repeats). The same seed gives the same
 images.
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from typing import Sequence
 
-import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
-from cli import Parser, image_size, positive_int
-from synthetic import generate
-
-DEFAULT_SETS = (("train_images", 4000, 1), ("new_images", 100, 2))  # folder, count, seed
-OUT_COUNT, OUT_SEED = 1000, 0  # with --out
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = Parser(description="Generate file-name-labelled synthetic captchas.")
-    p.add_argument("--out", help="folder to write (default: the project's train_images/ and new_images/)")
-    p.add_argument("--count", type=positive_int, metavar="N", help=f"images to write into --out (default: {OUT_COUNT})")
-    p.add_argument("--seed", type=int, help=f"random seed of --out's texts and drawing (default: {OUT_SEED})")
-    p.add_argument("--alphabet", default="0123456789", help="characters to draw from")
-    p.add_argument("--length", type=positive_int, default=4, metavar="N", help="characters per captcha")
-    p.add_argument("--size", type=image_size, default=(50, 22), metavar="WxH", help="saved image size (default: 50x22)")
-    args = p.parse_args(argv)
-    if args.out is None and (args.count is not None or args.seed is not None):
-        p.error("--count and --seed go with --out; without it " +
-                " and ".join(f"{d}/ ({n}, seed {s})" for d, n, s in DEFAULT_SETS) + " are written")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    runtime.safe_console()
-    args = parse_args(argv)
-    sets = [(args.out, args.count or OUT_COUNT, OUT_SEED if args.seed is None else args.seed)] if args.out \
-        else DEFAULT_SETS
-    for folder, count, seed in sets:
-        generate(folder, count, seed, args.alphabet, args.length, args.size)
-        print(f"wrote {count} captchas to {folder}/")
-    return 0
-
+from captcha_recognize.cli.make_captchas import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,106 +12,11 @@ Usage:
 Answers per image ``text``, calibrated ``confidence``, ``accept`` and ``model``, plus timing.
 ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus) and ``/docs``. A model
 file replaced on disk is reloaded without a restart. Exit status 2: bad flags or a model that
-does not load. The app itself is ``service.create_app``.
+does not load. The app itself is ``captcha_recognize.serve.app.create_app``.
 """
-from __future__ import annotations
-
-import argparse
-import logging
-import os
 import sys
-import tempfile
-from pathlib import Path
-from typing import Sequence
 
-import runtime  # noqa: F401  before anything loads torch: it sets how OpenMP threads wait
-from cli import Parser, non_negative_float, positive_float, positive_int
-from runtime import check_port
-from service import CONFIG_ENV, MODEL_NAME, MULTIPROC_ENV, ServeConfig, config_to_env
-
-WORKER_START_S = 120  # a worker importing torch on a busy machine misses uvicorn's 5 s health pings
-
-
-def model_arg(text: str) -> tuple[str, str]:
-    """``NAME=PATH`` -> ``(NAME, PATH)``."""
-    name, sep, path = text.partition("=")
-    if not sep or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    if not MODEL_NAME.match(name):
-        raise argparse.ArgumentTypeError(f"model name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
-    if Path(path).suffix not in (".pth", ".onnx"):
-        raise argparse.ArgumentTypeError(f"{path}: expected a .pth checkpoint or an .onnx export")
-    return name, path
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    d = ServeConfig()
-    p = Parser(description="Serve captcha models over HTTP.")
-    p.add_argument("--model", type=model_arg, action="append", metavar="NAME=PATH",
-                   help="a model to serve, .pth or .onnx (repeatable; the first is the default; "
-                        f"default: {' '.join(f'{k}={v}' for k, v in d.models.items())})")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
-    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                   help="server processes, each with all models and cores / N forward passes at once")
-    p.add_argument("--max-batch", type=positive_int, default=d.max_batch, metavar="N",
-                   help="images in a model's forward passes at once, shared equally by its --passes")
-    p.add_argument("--max-wait-ms", type=non_negative_float, default=d.max_wait_ms, metavar="MS",
-                   help="how long a forward pass waits at most for more requests to join it: it waits only until "
-                        "it holds as many requests as the last finished pass answered (a lone client's request runs "
-                        "at once)")
-    p.add_argument("--max-bytes", type=positive_int, default=d.max_bytes, metavar="N", help="request body limit")
-    p.add_argument("--max-pixels", type=positive_int, default=d.max_pixels, metavar="N",
-                   help="pixels per image, checked on its header before decoding")
-    p.add_argument("--max-images", type=positive_int, default=d.max_images, metavar="N", help="images per request")
-    p.add_argument("--api-key-env", metavar="VAR",
-                   help="require the key in environment variable VAR on every endpoint but /healthz and /readyz")
-    p.add_argument("--reload-interval", type=positive_float, default=d.reload_interval, metavar="S",
-                   help="seconds between checks of the model files for a new version")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
-    p.add_argument("--passes", type=positive_int, metavar="N",
-                   help="forward passes at once per model, each on one core (default: cores / workers; 1 on a GPU)")
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    return p.parse_args(argv)
-
-
-def config(args: argparse.Namespace) -> ServeConfig:
-    models = dict(args.model) if args.model else ServeConfig().models
-    return ServeConfig(models=models, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                       max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_images=args.max_images,
-                       api_key_env=args.api_key_env, reload_interval=args.reload_interval, device=args.device,
-                       passes=args.passes, workers=args.workers)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    import uvicorn
-
-    from checkpoint import CheckpointError
-    from recognizer import CaptchaRecognizer
-    from service import create_app
-
-    cfg = config(args)
-    try:
-        check_port(args.host, args.port)
-        cfg.api_key()
-        for name, path in cfg.models.items():  # fail here, in one line, rather than in each worker
-            CaptchaRecognizer(path)
-    except (CheckpointError, ValueError) as e:  # ValueError includes ConfigError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
-    run = dict(host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info")
-    if args.workers > 1:  # each worker process builds its app from the configuration in the environment
-        os.environ[CONFIG_ENV] = config_to_env(cfg)
-        with tempfile.TemporaryDirectory(prefix="captcha-metrics-") as shared:  # /metrics sums the workers
-            os.environ.setdefault(MULTIPROC_ENV, shared)
-            uvicorn.run("service:app_from_env", factory=True, workers=args.workers, **run,
-                        timeout_worker_healthcheck=WORKER_START_S)
-    else:
-        uvicorn.run(create_app(cfg), **run)
-    return 0
-
+from captcha_recognize.cli.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,15 +33,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from common import DATASETS, machine, publish, split_files
+from captcha_recognize.bench import DATASETS, machine, publish, split_files
 
-from calibration import held_out_report
-from cli import Parser, train_config
-from dataset import infer_alphabet, list_images, load_images, parse_label, to_arrays
-from metrics import contact_sheet, score
-from recognizer import CaptchaRecognizer, all_logits, predict_files
-from synthetic import generate
-from training import TrainConfig, TrainResult, train
+from captcha_recognize.reading.calibration import held_out_report
+from captcha_recognize.cli.common import Parser
+from captcha_recognize.cli.train import train_config
+from captcha_recognize.data.labels import infer_alphabet, parse_label
+from captcha_recognize.data.folders import list_images, load_images
+from captcha_recognize.data.arrays import to_arrays
+from captcha_recognize.reading.report import contact_sheet
+from captcha_recognize.reading.scores import score
+from captcha_recognize.reading.recognizer import CaptchaRecognizer, all_logits, predict_files
+from captcha_recognize.data.synthetic import generate
+from captcha_recognize.training import TrainConfig, TrainResult, train
 
 
 def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
@@ -58,8 +62,8 @@ def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], 
     """Whole-captcha test accuracy of the int8 ONNX export calibrated on the training images
     (``torch_model_export.py --int8``), or None without onnx/onnxruntime."""
     try:
-        from export import calibration_arrays, export_int8
-        int8 = export_int8(ckpt, ckpt.with_suffix(".int8.onnx"), calibration_arrays(train_files, rec.spec))
+        from captcha_recognize.reading.export import calibration_arrays, export_int8
+        int8 = export_int8(ckpt, ckpt.with_suffix(".int8.onnx"), calibration_arrays(train_files, rec.preprocess))
     except ImportError:
         return None
     return test_score(CaptchaRecognizer(int8), test)["sequence_accuracy"]
@@ -69,7 +73,7 @@ def calibration_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str,
     """``held_out_report`` on ``test``: ECE before (temperature 1) and after (the stored temperature),
     share accepted at the stored threshold and accuracy on those."""
     images, ok = load_images(test)
-    logits = all_logits(rec.logits, to_arrays(images, rec.spec), rec.batch_size)  # (N, T|P, K)
+    logits = all_logits(rec.logits, to_arrays(images, rec.preprocess), rec.batch_size)  # (N, T|P, K)
     texts, raw = rec.converter.decode(logits)
     _, calibrated = rec.converter.decode(logits, rec.temperature)
     return held_out_report(raw, calibrated, [t == parse_label(f) for t, f in zip(texts, ok)], rec.threshold)

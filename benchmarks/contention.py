@@ -6,26 +6,27 @@ Usage:
     python benchmarks/contention.py --quick          # one small row each, seconds
     python benchmarks/contention.py --markdown docs/results.md
 
-Each row runs ``torch_model_train.py`` in a fresh process (the wait policy is read when torch
+Each row runs the training command line in a fresh process (the wait policy is read when torch
 loads). "automatic" leaves ``OMP_WAIT_POLICY`` unset, so the program chooses (``runtime.py``:
 passive when a core is busy as it starts); "libgomp default" sets it empty, so the threads spin a
 while before sleeping; the busy process is a bounded pure-Python loop pinned to no core.
 """
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from common import ROOT, machine, publish
+from captcha_recognize.bench import machine, publish
 
-from cli import Parser, positive_int
-from dataset import plural
-from synthetic import generate
+from captcha_recognize.cli.common import Parser, positive_int
+from captcha_recognize.runtime import child_env
+from captcha_recognize.text import plural
+from captcha_recognize.data.synthetic import generate
 
 POLICIES = {"automatic (the default)": None, "libgomp default": "", "passive": "PASSIVE", "active": "ACTIVE"}
 BUSY = "import time\nt = time.time() + {limit}\nwhile time.time() < t:\n    pass\n"
@@ -34,18 +35,18 @@ BUSY = "import time\nt = time.time() + {limit}\nwhile time.time() < t:\n    pass
 def timed_training(data: Path, out: Path, epochs: int, policy: str | None, threads: int | None, busy: bool,
                    limit: float) -> float:
     """Seconds per epoch of one CNN training process (``policy`` None: no ``OMP_WAIT_POLICY``); with
-    ``busy``, beside a process that spins on one core. Per epoch, from the training's own summary line,
+    ``busy``, beside a process that spins on one core. Per epoch, from the training's ``done`` event,
     because a run may extend its schedule (validation still improving), and runs that differ only in
     thread count round differently and so may train a different number of epochs."""
-    env = dict(os.environ, TQDM_DISABLE="1")
+    env = child_env({"TQDM_DISABLE": "1"})
     env.pop("OMP_NUM_THREADS", None)
     env.pop("OMP_WAIT_POLICY", None)
     if policy is not None:
         env["OMP_WAIT_POLICY"] = policy
     hog = subprocess.Popen([sys.executable, "-c", BUSY.format(limit=limit)]) if busy else None
     try:
-        cmd = [sys.executable, str(ROOT / "torch_model_train.py"), "--data", str(data), "--epochs", str(epochs),
-               "--arch", "cnn", "--out", str(out), "--plot", "none", "--show-errors", "0"]
+        cmd = [sys.executable, "-m", "captcha_recognize.cli.train", "--data", str(data), "--epochs", str(epochs),
+               "--arch", "cnn", "--out", str(out), "--plot", "none", "--show-errors", "0", "--events", "-"]
         if threads:
             cmd += ["--threads", str(threads)]
         done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=limit)
@@ -53,10 +54,11 @@ def timed_training(data: Path, out: Path, epochs: int, policy: str | None, threa
         if hog is not None:
             hog.kill()
             hog.wait()
-    summary = re.search(r"trained (\d+) epochs? in ([\d.]+)s", done.stdout + done.stderr)
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    summary = next((e for e in events if e["event"] == "done"), None)
     if summary is None:
-        raise RuntimeError(f"no summary line in the training's output: {done.stderr[-300:]}")
-    return float(summary[2]) / int(summary[1])
+        raise RuntimeError(f"the training reported no end: {done.stderr[-300:]}")
+    return summary["seconds"] / summary["epochs_trained"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [(name, policy, threads) for name, policy in POLICIES.items() for threads in (None, 1)]
     if args.quick:
         args.images, args.epochs, rows = 128, 2, rows[0:1] + rows[2:3] + rows[4:5]
-    lines = ["| OpenMP wait policy | threads | cores free: s per epoch | one core busy: s per epoch | slowdown |", "|---|---|---|---|---|"]
+    lines = ["| OpenMP wait policy | threads | cores free: s per epoch | one core busy: s per epoch | slowdown |",
+             "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         generate(data, args.images, seed=5, show=False)

@@ -34,15 +34,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from accuracy import test_score
-from common import DATASETS, machine, publish, split_files
+from captcha_recognize.bench import test_score
+from captcha_recognize.bench import DATASETS, machine, publish, split_files
 
-from cli import Parser, positive_int, probability, train_config
-from crossread import train_on
-from dataset import infer_alphabet, list_images, parse_label
-from recognizer import CaptchaRecognizer, predict_files
-from synthetic import generate
-from training import TrainConfig
+from captcha_recognize.cli.common import Parser, positive_int, probability
+from captcha_recognize.cli.train import train_config
+from captcha_recognize.training.crossread import train_on
+from captcha_recognize.data.labels import infer_alphabet, parse_label
+from captcha_recognize.data.folders import list_images
+from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
+from captcha_recognize.data.synthetic import generate
+from captcha_recognize.training import TrainConfig
 
 ARCH = {"percent4-digits": "cnn", "captcha-images-v2": "crnn"}  # the family that reads each set best
 LABELLERS = {"a": "no model, random order", "b": "proposals, random order", "c": "proposals, least confident first"}

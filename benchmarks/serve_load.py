@@ -35,14 +35,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlsplit
 
-from common import DATASETS, ROOT, machine, publish
-from speed import fresh_checkpoint
+from captcha_recognize.bench import DATASETS, ROOT, machine, publish
+from captcha_recognize.reading.checkpoint import untrained_checkpoint
 
-from cli import Parser, non_negative_float, positive_float, positive_int
-from dataset import CHANNELS, MAX_HEIGHT, Preprocess, auto_size, infer_alphabet, list_images, load_images, parse_label
-from recognizer import CaptchaRecognizer
-from service import ServeConfig, server_process
-from synthetic import generate
+from captcha_recognize.cli.common import Parser, non_negative_float, positive_float, positive_int
+from captcha_recognize.data.preprocess import CHANNELS, MAX_HEIGHT, Preprocess, auto_size
+from captcha_recognize.data.labels import infer_alphabet, parse_label
+from captcha_recognize.data.folders import list_images, load_images
+from captcha_recognize.reading.recognizer import CaptchaRecognizer
+from captcha_recognize.serve.config import ServeConfig
+from captcha_recognize.serve.process import server_process
+from captcha_recognize.data.synthetic import generate
 
 BOUNDARY = "captchaloadboundary"
 SHIPPED = ROOT / "captcha_recognize.pth"
@@ -77,8 +80,8 @@ def workload(name: str, folder: Path, workdir: Path) -> Workload:
         model = SHIPPED
     else:
         w, h = auto_size([im.size for im in images], MAX_HEIGHT["crnn"])
-        model = fresh_checkpoint("crnn", infer_alphabet(labels), max(map(len, labels)),
-                                 Preprocess(w, h, CHANNELS["crnn"]), workdir / f"{name}.pth")
+        model = untrained_checkpoint(workdir / f"{name}.pth", "crnn", infer_alphabet(labels), max(map(len, labels)),
+                                     Preprocess(w, h, CHANNELS["crnn"]))
     blobs = [f.read_bytes() for f in files]
     return Workload(name, model, blobs, [t for t, _ in CaptchaRecognizer(model).predict_batch(blobs)])
 

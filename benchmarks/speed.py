@@ -22,20 +22,20 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from common import DATASETS, machine, publish
+from captcha_recognize.bench import DATASETS, machine, publish
 
 import torch
 
-from checkpoint import ModelSpec, atomic_save, checkpoint_dict
-from cli import Parser, positive_int
-from dataset import CHANNELS, Preprocess, auto_size, max_height, infer_alphabet, list_images, load_images, parse_label
-from model import ModelConfig, build_model
-from recognizer import CaptchaRecognizer, predict_files
-from synthetic import generate
+from captcha_recognize.reading.checkpoint import untrained_checkpoint
+from captcha_recognize.cli.common import Parser, positive_int
+from captcha_recognize.data.preprocess import CHANNELS, Preprocess, auto_size, max_height
+from captcha_recognize.data.labels import infer_alphabet, parse_label
+from captcha_recognize.data.folders import list_images, load_images
+from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
+from captcha_recognize.data.synthetic import generate
 
 
 def matmul_peak(seconds: float = 1.0, n: int = 1024) -> float:
@@ -75,15 +75,6 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     for h in hooks:
         h.remove()
     return total[0]
-
-
-def fresh_checkpoint(arch: str, alphabet: str, length: int, pre: Preprocess, path: Path) -> Path:
-    """A freshly initialised checkpoint of the given shape (speed does not depend on weights)."""
-    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=pre.in_channels,
-                      img_h=pre.height, img_w=pre.width)
-    model = build_model(cfg).eval()
-    atomic_save(checkpoint_dict(model.state_dict(), asdict(cfg), ModelSpec(arch, alphabet, length, pre)), path)
-    return path
 
 
 def time_folder(rec: CaptchaRecognizer, files: Sequence[Path], repeats: int) -> float:
@@ -128,7 +119,7 @@ def backends(ckpt: Path, folder: str, pre: Preprocess, workdir: Path) -> list[tu
     """PyTorch, and where onnx/onnxruntime are installed the fp32 and int8 ONNX exports."""
     out = [("torch", CaptchaRecognizer(ckpt))]
     try:
-        from export import calibration_arrays, export_onnx, quantize_int8
+        from captcha_recognize.reading.export import calibration_arrays, export_onnx, quantize_int8
         onnx = export_onnx(ckpt, workdir / f"{ckpt.stem}.onnx")
         int8 = quantize_int8(onnx, workdir / f"{ckpt.stem}.int8.onnx", calibration_arrays([folder], pre))
         out += [("onnx", CaptchaRecognizer(onnx)), ("onnx int8", CaptchaRecognizer(int8))]
@@ -149,7 +140,7 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
         sizes = [im.size for im in images]
         w, h = auto_size(sizes, max_height(arch, sizes))
         pre = Preprocess(w, h, CHANNELS[arch])
-        ckpt = fresh_checkpoint(arch, alphabet, length, pre, workdir / f"{name}-{arch}.pth")
+        ckpt = untrained_checkpoint(workdir / f"{name}-{arch}.pth", arch, alphabet, length, pre)
         flops = None
         for backend, r in backends(ckpt, folder, pre, workdir):
             flops = flops or forward_flops(r.model, torch.zeros(1, pre.channels, h, w))

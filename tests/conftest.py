@@ -1,42 +1,57 @@
 """Shared fixtures: small generated captcha folders, quickly trained checkpoints and a fresh one."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from captcha_recognize.data.synthetic import generate
+from captcha_recognize.reading.checkpoint import untrained_checkpoint as fresh_checkpoint
+from captcha_recognize.runtime import child_env
+from captcha_recognize.training import TrainConfig, train
 
-from checkpoint import ModelSpec, atomic_save, checkpoint_dict  # noqa: E402
-from dataset import Preprocess  # noqa: E402
-from model import ModelConfig, build_model  # noqa: E402
-from synthetic import generate  # noqa: E402
-from training import TrainConfig, train  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "fresh_checkpoint", "run_script"]
+RUNNING: dict[str, object] = {"slow": True, "test": ""}  # the test being set up or run
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    RUNNING.update(slow=item.get_closest_marker("slow") is not None, test=item.nodeid)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def only_slow_tests_train_or_start_processes():
+    """A test that trains a model or starts a process, itself or through its fixtures, must be marked
+    ``slow``, so that ``-m "not slow"`` stays fast."""
+    from captcha_recognize.training import supervised
+    popen, train_locked = subprocess.Popen.__init__, supervised.train_locked
+
+    def check(what: str) -> None:
+        if not RUNNING["slow"]:
+            pytest.fail(f"{RUNNING['test']} {what} but is not marked slow", pytrace=False)
+
+    def guarded_popen(self, *args, **kwargs):
+        check("starts a process")
+        popen(self, *args, **kwargs)
+
+    def guarded_train(*args, **kwargs):
+        check("trains a model")
+        return train_locked(*args, **kwargs)
+    subprocess.Popen.__init__ = guarded_popen
+    supervised.train_locked = guarded_train
+    yield
+    subprocess.Popen.__init__, supervised.train_locked = popen, train_locked
 
 
 def run_script(*args: str, cwd: Path | None = None, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     """Run one of the project's scripts in a fresh Python process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", **env)
+    env = child_env({"PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", **env})
     args = tuple(str(ROOT / a) if a.endswith(".py") else a for a in args)  # scripts run from any cwd
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def fresh_checkpoint(path: Path, arch: str = "cnn", alphabet: str = "0123456789", length: int = 4,
-                     pre: Preprocess = Preprocess(50, 22, 3), seed: int = 0) -> Path:
-    """An untrained checkpoint of the given shape, written the way training writes one."""
-    import torch
-    torch.manual_seed(seed)
-    cfg = ModelConfig(arch=arch, n_classes=len(alphabet), n_positions=length, in_channels=pre.in_channels,
-                      img_h=pre.height, img_w=pre.width)
-    atomic_save(checkpoint_dict(build_model(cfg).state_dict(), asdict(cfg), ModelSpec(arch, alphabet, length, pre)),
-                path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from augment import STROKES, WARP, Augment, augment, column_spread, evenly_spaced, splice, text_span
-from cli import train_config
-from dataset import normalize
-from training import default_splice
+from captcha_recognize.data.augment import (STROKES, WARP, Augment, augment, column_spread, evenly_spaced, splice,
+                                            text_span)
+from captcha_recognize.cli.train import train_config
+from captcha_recognize.data.arrays import normalize
+from captcha_recognize.training.recipe import default_splice
 
 
 def test_augment_keeps_shape_and_range_and_changes_pixels():
@@ -89,14 +90,15 @@ def test_strokes_flag_picks_the_stroke_augmentation():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv, strokes, warp", [(["--arch", "cnn", "--strokes", "line"], "line", WARP["cnn"]),
-                                                (["--arch", "crnn"], "arcs", WARP["crnn"]), (["--warp", "0.1"], "arcs", 0.1),
+                                                (["--arch", "crnn"], "arcs", WARP["crnn"]),
+                                                (["--warp", "0.1"], "arcs", 0.1),
                                                 (["--arch", "cnn", "--warp", "0.05"], "arcs", 0.05)])
 def test_training_draws_the_strokes_and_warp_it_was_given(digits_dir, tmp_path, monkeypatch, argv, strokes, warp):
-    import training
+    from captcha_recognize.training import loop, train
     seen = []
-    monkeypatch.setattr(training, "augment", lambda x, aug, gen: seen.append(aug) or x)
-    training.train(train_config(["--data", str(digits_dir), "--epochs", "1", *argv, "--plot", "none",
-                                 "--out", str(tmp_path / "m.pth"), "--show-errors", "0"]))
+    monkeypatch.setattr(loop, "augment", lambda x, aug, gen: seen.append(aug) or x)
+    train(train_config(["--data", str(digits_dir), "--epochs", "1", *argv, "--plot", "none",
+                        "--out", str(tmp_path / "m.pth"), "--show-errors", "0"]))
     assert seen and all(a == replace(STROKES[strokes], warp=warp) for a in seen)
 
 

@@ -5,13 +5,23 @@ import importlib.util
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import run_script
+from conftest import ROOT, run_script
+
+
+def benchmark(name: str):
+    """The module of ``benchmarks/<name>.py``, loaded from its file (the scripts are no package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
 
 
 def table_rows(stdout: str) -> list[list[str]]:
@@ -73,7 +83,8 @@ def test_accuracy_benchmark_quick(tmp_path):
 
 @pytest.mark.slow
 def test_accuracy_benchmark_passes_train_args_to_training():
-    r = run_script("benchmarks/accuracy.py", "--quick", "--archs", "crnn", "--train-args=--ema 0.5 --bogus-flag", timeout=600)
+    r = run_script("benchmarks/accuracy.py", "--quick", "--archs", "crnn", "--train-args=--ema 0.5 --bogus-flag",
+                   timeout=600)
     assert r.returncode != 0 and "unrecognized arguments: --bogus-flag" in r.stderr
 
 
@@ -93,10 +104,7 @@ def test_speed_benchmark_quick():
 
 @pytest.mark.parametrize("rerun", [False, True])
 def test_markdown_sections_are_replaced_by_their_own_command_only(tmp_path, rerun):
-    import sys
-    from conftest import ROOT
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from common import write_section
+    from captcha_recognize.bench import write_section
     md = tmp_path / "r.md"
     write_section(md, "python a.py", "| old a |")
     write_section(md, "python b.py --x 1", "| b |")
@@ -115,26 +123,22 @@ def test_contention_benchmark_quick(tmp_path):
     assert [row[0] for row in rows] == ["automatic (the default)", "libgomp default", "passive"]
     for row in rows:
         free, busy, slow = float(row[2]), float(row[3]), float(row[4].rstrip("x"))
-        assert free > 0 and busy > 0 and abs(slow - busy / free) < 0.06
+        rounding = busy / free * (0.005 / free + 0.005 / busy) + 0.05  # the table's 2 and 1 decimals
+        assert free > 0 and busy > 0 and abs(slow - busy / free) <= rounding
     assert_names_machine(r.stdout)
     assert "`python benchmarks/contention.py --quick`" in (tmp_path / "r.md").read_text()
 
 
 def test_misread_sheets_of_a_dataset_given_as_a_folder_go_into_the_errors_folder():
-    import sys
-    from conftest import ROOT
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from accuracy import errors_sheet
+    errors_sheet = benchmark("accuracy").errors_sheet
     assert errors_sheet("errs", "/data/other-site/", "auto", 1600, 0) == Path("errs/other-site-auto-1600-seed0.png")
     assert errors_sheet("errs", "rkn-securimage", "crnn", 400, 2) == Path("errs/rkn-securimage-crnn-400-seed2.png")
     assert errors_sheet("errs", ".", "cnn", 48, 0) == Path(f"errs/{Path.cwd().name}-cnn-48-seed0.png")
 
 
 def test_the_simulated_labeller_counts_enter_or_the_text_and_enter():
-    import sys
-    from conftest import ROOT
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from labelling import keystrokes, reached
+    labelling = benchmark("labelling")
+    keystrokes, reached = labelling.keystrokes, labelling.reached
     assert keystrokes("1234", "1234") == 1 and keystrokes("1235", "1234") == 5 and keystrokes(None, "b5pnn") == 6
     assert reached([(50, 0.9), (100, 0.985), (150, 0.99)], 0.98) == "100"
     assert reached([(50, 0.9), (100, 0.95), (150, 0.93)], 0.98) == "not reached (best 95.00% at 100)"
@@ -178,10 +182,8 @@ def test_serve_load_clients_count_every_wrong_or_failed_answer():
     closed connection are errors, and the clients reconnect after a broken connection."""
     import asyncio
     import json
-    import sys
-    from conftest import ROOT
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from serve_load import Workload, load
+    serve_load = benchmark("serve_load")
+    Workload, load = serve_load.Workload, serve_load.load
 
     answers = [(200, "1234"), (200, "9999"), (500, "1234"), None, "no length", (200, "1234")]  # None: hang up
     seen: list[bytes] = []

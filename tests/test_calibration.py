@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from calibration import (ACCEPT_NONE, Calibration, accept_threshold, calibrate, expected_calibration_error,
-                         fit_temperature, held_out_report, precision_floor)
-from checkpoint import ModelSpec, atomic_save, load_checkpoint
+from captcha_recognize.reading.calibration import (ACCEPT_NONE, Calibration, accept_threshold, calibrate,
+                                                   expected_calibration_error, fit_temperature, held_out_report,
+                                                   precision_floor)
+from captcha_recognize.reading.spec import ModelSpec
+from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint
 from conftest import run_script
-from dataset import LabelConverter, list_images, preprocess
-from recognizer import CaptchaRecognizer
+from captcha_recognize.data.codec import LabelConverter
+from captcha_recognize.data.folders import list_images
+from captcha_recognize.data.arrays import preprocess
+from captcha_recognize.reading.recognizer import CaptchaRecognizer
 
 
 def synthetic_readings(true_t: float, n: int = 3000, seed: int = 0) -> tuple[torch.Tensor, list[str], LabelConverter]:
@@ -109,7 +113,7 @@ def test_every_reader_reports_the_calibrated_confidence(fresh_ckpt, digits_dir, 
     files = list_images([digits_dir])[:8]
     raw = CaptchaRecognizer(fresh_ckpt)
     assert raw.temperature == 1.0 and raw.threshold is None  # written without calibration: old files load so
-    logits = raw.logits(preprocess(files, raw.spec))  # (8, P, K)
+    logits = raw.logits(preprocess(files, raw.preprocess))  # (8, P, K)
     _, at_t = raw.converter.decode(logits, 0.25)
     threshold = sorted(at_t)[4]
     rec = CaptchaRecognizer(calibrated(fresh_ckpt, tmp_path, 0.25, threshold))
@@ -123,7 +127,7 @@ def test_every_reader_reports_the_calibrated_confidence(fresh_ckpt, digits_dir, 
 
 
 def test_export_carries_the_calibration(fresh_ckpt, digits_dir, tmp_path):
-    from export import export_onnx
+    from captcha_recognize.reading.export import export_onnx
     ckpt = calibrated(fresh_ckpt, tmp_path, 0.5, 0.01)
     onnx = CaptchaRecognizer(export_onnx(ckpt, tmp_path / "cal.onnx"))
     assert (onnx.temperature, onnx.threshold) == (0.5, 0.01)

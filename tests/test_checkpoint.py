@@ -6,11 +6,14 @@ import os
 import pytest
 import torch
 
-from checkpoint import CheckpointError, ModelSpec, build_from_checkpoint, load_checkpoint
+from captcha_recognize.errors import CheckpointError
+from captcha_recognize.reading.spec import ModelSpec
+from captcha_recognize.reading.checkpoint import build_from_checkpoint, load_checkpoint
 from conftest import fresh_checkpoint, run_script
-from dataset import list_images, load_images, to_arrays
-from model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
-from recognizer import CaptchaRecognizer, evaluate
+from captcha_recognize.data.folders import list_images, load_images
+from captcha_recognize.data.arrays import to_arrays
+from captcha_recognize.model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
+from captcha_recognize.reading.recognizer import CaptchaRecognizer, evaluate
 
 
 @pytest.mark.slow
@@ -125,7 +128,7 @@ def test_incomplete_checkpoint_names_what_is_missing(fresh_ckpt, tmp_path):
 
 
 def test_save_is_atomic_and_leaves_no_temporary_file(fresh_ckpt, tmp_path, monkeypatch):
-    from checkpoint import atomic_save
+    from captcha_recognize.reading.checkpoint import atomic_save
     target = tmp_path / "m.pth"
     target.write_bytes(fresh_ckpt.read_bytes())
     before = target.read_bytes()
@@ -159,7 +162,7 @@ def test_a_flipped_byte_in_the_weights_is_a_one_line_error(fresh_ckpt, tmp_path)
 
 def test_a_flipped_byte_in_an_onnx_export_is_refused(fresh_ckpt, tmp_path):
     pytest.importorskip("onnxruntime")
-    from export import export_onnx
+    from captcha_recognize.reading.export import export_onnx
     out = export_onnx(fresh_ckpt, tmp_path / "m.onnx")
     bad = tmp_path / "flipped.onnx"
     data = bytearray(out.read_bytes())
@@ -171,7 +174,8 @@ def test_a_flipped_byte_in_an_onnx_export_is_refused(fresh_ckpt, tmp_path):
 
 
 def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
-    from checkpoint import OutputBusy, output_lock
+    from captcha_recognize.errors import OutputBusy
+    from captcha_recognize.files import output_lock
     target = tmp_path / "runs" / "m.pth"
     with output_lock(target):
         with pytest.raises(OutputBusy, match=f"pid {os.getpid()}.* is writing .*m.pth"):
@@ -182,7 +186,7 @@ def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
 
 
 def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
-    from checkpoint import remove_stale_temporaries
+    from captcha_recognize.files import remove_stale_temporaries
     for name in (".m.pth.tmp123", ".m.pth.tmp9", ".other.pth.tmp1", "m.pth"):
         (tmp_path / name).write_bytes(b"x")
     removed = remove_stale_temporaries(tmp_path / "m.pth")

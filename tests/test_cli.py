@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from cli import HelpFormatter
+from captcha_recognize.cli.common import HelpFormatter
 from conftest import ROOT, run_script
 
 
@@ -174,7 +174,7 @@ def test_odd_file_names_never_crash_an_ascii_console(fresh_ckpt, digits_dir, tmp
 
 @pytest.mark.slow
 def test_a_second_training_of_the_same_output_refuses_at_start(tmp_path):
-    from checkpoint import output_lock
+    from captcha_recognize.files import output_lock
     with output_lock(tmp_path / "m.pth"):  # a first run holds it
         r = run_script("torch_model_train.py", "--data", str(tmp_path), "--out", str(tmp_path / "m.pth"))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
@@ -191,7 +191,7 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(argv, flag, tmp_pat
 
 
 def test_make_captchas_count_and_seed_need_out(capsys):
-    from make_captchas import parse_args
+    from captcha_recognize.cli.make_captchas import parse_args
     with pytest.raises(SystemExit) as e:
         parse_args(["--count", "5"])  # would otherwise rewrite the project's sets, ignoring it
     assert e.value.code == 2 and "--count and --seed go with --out" in capsys.readouterr().err

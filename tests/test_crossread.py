@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import crossread
+from captcha_recognize.training import crossread
 from conftest import run_script
-from crossread import common_length, fold_files, suspects
-from dataset import DataError, parse_label
-from training import TrainConfig
+from captcha_recognize.training.crossread import common_length, fold_files, suspects
+from captcha_recognize.errors import DataError
+from captcha_recognize.data.labels import parse_label
+from captcha_recognize.training import TrainConfig
 
 
 def test_fold_files_split_every_file_into_exactly_one_part():
@@ -31,7 +32,7 @@ def test_cross_read_never_reads_an_image_with_a_model_trained_on_it(monkeypatch,
     files = [Path(f"{i:04d}.png") for i in range(10)]
     trained_on: dict[str, set[str]] = {}
 
-    def fake_train(cfg):
+    def fake_train(cfg, events):
         trained_on[cfg.out] = set(cfg.data)
         assert cfg.arch == "crnn" and cfg.epochs == 3  # the config reaches training
 
@@ -40,7 +41,7 @@ def test_cross_read_never_reads_an_image_with_a_model_trained_on_it(monkeypatch,
         return [{"path": str(f), "prediction": f.stem, "confidence": 1.0, "label": f.stem, "correct": True}
                 for f in held]
 
-    monkeypatch.setattr(crossread, "train", fake_train)
+    monkeypatch.setattr(crossread, "train_supervised", fake_train)
     monkeypatch.setattr(crossread, "CaptchaRecognizer", str)
     monkeypatch.setattr(crossread, "predict_files", fake_predict)
     results = crossread.cross_read(files, 3, TrainConfig(arch="crnn", epochs=3), tmp_path)

@@ -9,11 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from checkpoint import ModelSpec
-from dataset import (DataError, LabelConverter, LabelledImages, Preprocess, auto_size, ctc_path_of_length, find_ink,
-                     image_to_array, infer_alphabet, parse_label, preprocess, read_labelled, split_indices)
-from synthetic import render_captcha
-from training import TrainConfig, make_task
+from captcha_recognize.reading.spec import ModelSpec
+from captcha_recognize.errors import DataError
+from captcha_recognize.data.codec import LabelConverter, ctc_path_of_length
+from captcha_recognize.data.folders import LabelledImages, read_labelled, split_indices
+from captcha_recognize.data.preprocess import Preprocess, auto_size, find_ink, image_to_array
+from captcha_recognize.data.labels import infer_alphabet, parse_label
+from captcha_recognize.data.arrays import preprocess
+from captcha_recognize.data.synthetic import render_captcha
+from captcha_recognize.training import TrainConfig
+from captcha_recognize.training.task import make_task
 
 
 @pytest.mark.parametrize("name,label", [
@@ -296,7 +301,7 @@ def test_labels_are_any_unicode_letters_and_digits(name, label):
 
 
 def test_label_map_turns_file_name_characters_into_the_captchas(tmp_path):
-    from dataset import LabelRules, read_label_map
+    from captcha_recognize.data.labels import LabelRules, read_label_map
     (tmp_path / "map.txt").write_text("# arithmetic captchas\nx *\np +\n")
     rules = LabelRules(label_map=read_label_map(tmp_path / "map.txt"))
     assert parse_label("3x4p1.png", rules=rules) == "3*4+1"
@@ -307,14 +312,14 @@ def test_label_map_turns_file_name_characters_into_the_captchas(tmp_path):
 
 
 def test_case_rules_fold_labels_and_mixed_case_is_found():
-    from dataset import LabelRules, mixed_case
+    from captcha_recognize.data.labels import LabelRules, mixed_case
     assert parse_label("AbC1.png", rules=LabelRules("lower")) == "abc1"
     assert parse_label("AbC1.png", rules=LabelRules("upper")) == "ABC1"
     assert mixed_case(["ab1", "AB2", "cd"]) == ["a", "b"] and mixed_case(["ab", "CD"]) == []
 
 
 def test_images_only_in_subfolders_are_named_or_read_with_recursive(tmp_path):
-    from dataset import list_images
+    from captcha_recognize.data.folders import list_images
     (tmp_path / "day1").mkdir()
     render_captcha("1234", 0, 100, 40).save(tmp_path / "day1" / "1234.png")
     with pytest.raises(DataError, match="only in its subfolders: give --recursive"):
@@ -324,7 +329,8 @@ def test_images_only_in_subfolders_are_named_or_read_with_recursive(tmp_path):
 
 def test_file_names_that_are_not_utf8_print_as_escapes(tmp_path, capsys):
     import os
-    from dataset import labelled_files, shown
+    from captcha_recognize.data.folders import labelled_files
+    from captcha_recognize.text import shown
     folder = os.fsencode(tmp_path)
     render_captcha("1234", 0, 100, 40).save(os.fsdecode(folder + b"/1234.png"))
     with open(folder + b"/\xff\xfe.png", "wb") as f:

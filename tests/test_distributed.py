@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from checkpoint import load_checkpoint
-from training import Dist, make_sampler
+from captcha_recognize.reading.checkpoint import load_checkpoint
+from captcha_recognize.training.distributed import ProcessGroup as Dist, make_sampler
 
 
 def test_ranks_see_disjoint_shards_reshuffled_each_epoch(monkeypatch):
@@ -120,14 +120,14 @@ def test_synthetic_mode_without_a_folder_and_with_one(digits_dir, tmp_path):
 
 
 def test_a_finished_rank_waits_for_the_others_before_leaving_the_group(monkeypatch):
-    import training
+    from captcha_recognize.training import distributed
     calls: list[str] = []
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(training.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(training.dist, "barrier", lambda: calls.append("barrier"))
-    monkeypatch.setattr(training.dist, "destroy_process_group", lambda: calls.append("destroy"))
-    training.Dist().close(finished=True)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.ProcessGroup().close(finished=True)
     assert calls == ["barrier", "destroy"]
     calls.clear()
-    training.Dist().close()  # after an error the other ranks may never get there
+    distributed.ProcessGroup().close()  # after an error the other ranks may never get there
     assert calls == ["destroy"]

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import run_script
-from checkpoint import load_checkpoint
-from synthetic import generate
+from captcha_recognize.reading.checkpoint import load_checkpoint
+from captcha_recognize.data.synthetic import generate
 
 
 @pytest.mark.slow

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from checkpoint import CheckpointError
+from captcha_recognize.errors import CheckpointError
 from conftest import run_script
-from recognizer import CaptchaRecognizer
+from captcha_recognize.reading.recognizer import CaptchaRecognizer
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install onnxruntime")
 pytest.importorskip("onnx", reason="onnx is not installed: pip install onnx")
@@ -86,16 +86,16 @@ def test_not_an_onnx_export_is_a_checkpoint_error(tmp_path):
 
 
 def test_export_in_process_carries_the_spec_and_reads_the_same(fresh_ckpt, digits_dir, tmp_path):
-    from export import export_onnx, verify
+    from captcha_recognize.reading.export import export_onnx, verify
     out = export_onnx(fresh_ckpt, tmp_path / "fresh.onnx")
     a, b = CaptchaRecognizer(fresh_ckpt), CaptchaRecognizer(out)
-    assert b.model_spec == a.model_spec
+    assert b.spec == a.spec
     r = verify(fresh_ckpt, out, [digits_dir])
     assert r["identical"] == r["n"] == 64 and r["max_confidence_diff"] < 1e-4
 
 
 def test_int8_verification_counts_the_readings_pytorch_accepts():
-    from export import verified
+    from captcha_recognize.reading.export import verified
     r = {"n": 100, "identical": 98, "accepted": 62, "accepted_identical": 62}
     assert verified(r, int8=True)  # the two flips are among readings PyTorch itself is unsure of
     assert not verified({**r, "accepted_identical": 61}, int8=True)  # one flip among 62 accepted: 98.4%
@@ -108,7 +108,7 @@ def test_int8_verification_counts_the_readings_pytorch_accepts():
 
 def test_a_rejected_export_does_not_replace_the_file_it_was_to_write(fresh_ckpt, digits_dir, tmp_path,
                                                                      monkeypatch, capsys):
-    import torch_model_export
+    from captcha_recognize.cli import export as torch_model_export
     out = tmp_path / "m.onnx"
     out.write_bytes(b"the good export of yesterday")
     monkeypatch.setattr(torch_model_export, "verified", lambda r, int8: False)

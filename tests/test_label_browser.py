@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from dataset import list_images, parse_label
-from synthetic import generate
+from captcha_recognize.data.folders import list_images
+from captcha_recognize.data.labels import parse_label
+from captcha_recognize.data.synthetic import generate
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",

@@ -2,6 +2,7 @@
 the page's trainings (slow) and the script's command line."""
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -9,10 +10,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from dataset import list_images, parse_label
-from labelpage import Session, Settings, TrainState, create_app, models_dir, read_progress, state_path
-from service import free_port
-from labelstore import Store
+from captcha_recognize.data.folders import list_images
+from conftest import run_script
+from captcha_recognize.data.labels import parse_label
+from captcha_recognize.labelling.page import Session, Settings, create_app, models_dir, state_path
+from captcha_recognize.labelling.trainer import TrainState, follow
+from captcha_recognize.serve.process import free_port
+from captcha_recognize.labelling.store import Store
 
 CLIENT = {"client": "tab-a"}
 
@@ -103,14 +107,32 @@ def test_training_refuses_an_empty_output(page):
     assert r.status_code == 409 and "nothing labelled" in r.json()["detail"]
 
 
-def test_training_progress_is_read_from_the_training_output():
+def test_training_progress_is_read_from_the_training_events():
     s = TrainState("running")
-    read_progress("cnn: 40 training / 4 validation images, ...", s)
-    read_progress("epoch 3/32 loss 1.2345 (head 1 0.3)", s)
-    read_progress("  Accuracy 1: 0.9900, Accuracy 2: 0.99 | sequence 38/40 (95.0%) | character 98.81%", s)
+    follow(json.dumps({"event": "start", "epochs": 32, "text": "cnn: 40 training / 4 validation images, ..."}), s)
+    assert (s.epochs, s.message) == (32, "starting")
+    follow("epoch 3/32 loss 1.2345 | sequence 39/40 (97.5%)", s)  # printed text is no event: ignored
+    follow(json.dumps({"event": "epoch", "epoch": 3, "epochs": 32, "loss": 1.2345, "sequence_accuracy": 0.95}), s)
     assert (s.epoch, s.epochs, s.accuracy, s.message) == (3, 32, 95.0, "epoch 3/32")
-    read_progress("error: labels of different lengths", s)
+    follow(json.dumps({"event": "error", "text": "error: labels of different lengths"}), s)
     assert s.message == "error: labels of different lengths"
+
+
+@pytest.mark.slow
+def test_the_page_follows_the_events_a_real_training_writes(digits_dir, tmp_path):
+    r = run_script("torch_model_train.py", "--data", str(digits_dir), "--epochs", "2", "--out", str(tmp_path / "m.pth"),
+                   "--plot", "none", "--events", "-")
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(line)["event"] for line in r.stdout.splitlines()]  # standard output holds events only
+    assert "epoch 2/2 loss" in r.stderr  # the log went to standard error
+    s = TrainState("running")
+    for line in r.stdout.splitlines():
+        follow(line, s)
+    assert events[-1] == "done" and events.count("epoch") == 2 and "calibrated" in events
+    assert (s.epoch, s.epochs, s.message) == (2, 2, "epoch 2/2") and 0 <= s.accuracy <= 100
+    bad = run_script("torch_model_train.py", "--data", str(tmp_path / "none"), "--events", "-")
+    assert bad.returncode == 1 and json.loads(bad.stdout.splitlines()[-1])["event"] == "error"
+    assert bad.stderr.strip().splitlines() == [json.loads(bad.stdout.splitlines()[-1])["text"]]  # said once
 
 
 def test_state_and_models_live_next_to_the_output(tmp_path):
@@ -127,7 +149,7 @@ def test_state_and_models_live_next_to_the_output(tmp_path):
     (["missing", "--out", "OUT"], "no such folder"),
 ])
 def test_bad_command_lines_are_one_line_errors(tmp_path, argv, message, capsys):
-    from torch_model_label import parse_args
+    from captcha_recognize.cli.label import parse_args
     (tmp_path / "RAW").mkdir()
     argv = [str(tmp_path / a) if a.isupper() or a == "missing" else a for a in argv]
     with pytest.raises(SystemExit) as e:
@@ -136,14 +158,14 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, argv, message, capsys):
 
 
 @pytest.mark.parametrize("case, code, message", [
-    ("empty", 1, "no images to label in"), ("bad checkpoint", 1, "not a readable PyTorch checkpoint"),
+    ("empty", 1, "no images to label in"), ("bad checkpoint", 2, "not a readable PyTorch checkpoint"),
     ("busy port", 2, "--port: cannot listen on 127.0.0.1:"),
 ])
 def test_what_would_stop_the_page_is_one_line_before_it_starts(tmp_path, digits_dir, capsys, monkeypatch, case,
                                                                  code, message):
     import socket
 
-    import torch_model_label
+    from captcha_recognize.cli import label as torch_model_label
     raw = tmp_path / "raw"
     raw.mkdir()
     if case != "empty":
@@ -191,12 +213,12 @@ def test_the_train_button_trains_on_the_output_and_reorders_the_rest(tmp_path, d
 
 @pytest.mark.slow
 def test_review_mode_cross_reads_and_queues_the_disagreements(tmp_path, digits_dir):
-    from torch_model_label import cross_read_into, parse_args
+    from captcha_recognize.cli.label import cross_read_into, parse_args
     folder = tmp_path / "labelled"
     shutil.copytree(digits_dir, folder)
-    args = parse_args(["--review", str(folder), "--folds", "2"])
+    args = parse_args(["--review", str(folder), "--folds", "2", "--train-args", "--epochs 1"])
     session = Session(Settings(mode="review", out=folder))
-    n = cross_read_into(session, args, ["--epochs", "1"])
+    n = cross_read_into(session, args)
     rows = session.store.todo()
     assert len(rows) == n and all(r.named != r.proposal for r in rows)
     assert [r.confidence for r in rows] == sorted((r.confidence for r in rows), reverse=True)

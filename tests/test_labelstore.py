@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import labelstore
-from dataset import list_images
-from labelstore import Conflict, Refused, Store, label_problem
+from captcha_recognize.labelling import store as labelstore
+from captcha_recognize.data.folders import list_images
+from captcha_recognize.labelling.files import Conflict, Refused, label_problem
+from captcha_recognize.labelling.store import Store
 
 CLIENT, OTHER = "tab-a", "tab-b"
 
@@ -103,9 +104,9 @@ def test_recover_finishes_or_rolls_back_what_a_crash_interrupted(tmp_path, raw):
     shutil.copy(a.path, store.out / "1111.png")  # the copy reached its place, the state did not
     (store.out / f"{labelstore.TMP_PREFIX}dead.tmp").write_bytes(b"half")
     with store._write() as con:
-        con.execute("UPDATE items SET status = 'saving', saved_as = ? WHERE id = ?", (str(store.out / "1111.png"), a.id))
-        con.execute("UPDATE items SET status = 'saving', saved_as = ? WHERE id = ?", (str(store.out / "2222.png"), b.id))
-        con.execute("UPDATE items SET status = 'undoing', saved_as = ? WHERE id = ?", (str(store.out / "3333.png"), c.id))
+        for status, name, row in (("saving", "1111.png", a), ("saving", "2222.png", b), ("undoing", "3333.png", c)):
+            con.execute("UPDATE items SET status = ?, saved_as = ? WHERE id = ?",
+                        (status, str(store.out / name), row.id))
     reopened = Store(store.db, "label", store.out)
     assert reopened.recover() == 3
     assert [reopened.item(i.id).status for i in (a, b, c)] == ["labelled", "todo", "todo"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from metrics import (build_report, caption_font, confused_pairs, contact_sheet, edit_distance, format_results,
-                     mistakes_table, score)
+from captcha_recognize.reading.report import build_report, caption_font, contact_sheet, format_results
+from captcha_recognize.reading.scores import confused_pairs, edit_distance, mistakes_table, score
 
 
 @pytest.mark.parametrize("a, b, d", [("", "", 0), ("abc", "abc", 0), ("abc", "abd", 1), ("abc", "ab", 1),

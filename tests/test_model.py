@@ -4,17 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import CNNModel, CRNN, ModelConfig, build_model
+from captcha_recognize.model import CNNModel, CRNN, ModelConfig, build_model
 
 
 def test_cnn_classic_shape_for_50x22():
     m = CNNModel(ModelConfig())
     assert m.flat_features == 768
-    convs = [l for l in m.features if isinstance(l, torch.nn.Conv2d)]
-    pools = [l for l in m.features if isinstance(l, torch.nn.MaxPool2d)]
+    convs = [x for x in m.features if isinstance(x, torch.nn.Conv2d)]
+    pools = [x for x in m.features if isinstance(x, torch.nn.MaxPool2d)]
     assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64, 256, 256]
     assert len(pools) == 4 and len(m.heads) == 4
-    lin = [l for l in m.heads[0] if isinstance(l, torch.nn.Linear)]
+    lin = [x for x in m.heads[0] if isinstance(x, torch.nn.Linear)]
     assert (lin[0].in_features, lin[0].out_features, lin[1].out_features) == (768, 100, 10)
     assert m(torch.randn(2, 3, 22, 50)).shape == (2, 4, 10)
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from checkpoint import ModelSpec, atomic_save, checkpoint_dict
-from dataset import LabelConverter, Preprocess
-from model import ModelConfig, build_model
-from recognizer import CPU_CHUNK, CaptchaRecognizer, infer, predict_files
+from captcha_recognize.reading.spec import ModelSpec
+from captcha_recognize.reading.checkpoint import atomic_save, checkpoint_dict
+from captcha_recognize.data.codec import LabelConverter
+from captcha_recognize.data.preprocess import Preprocess
+from captcha_recognize.model import ModelConfig, build_model
+from captcha_recognize.reading.recognizer import CPU_CHUNK, CaptchaRecognizer, infer, predict_files
 
 
 def test_recognizer_accepts_path_bytes_pil_and_array(fresh_ckpt, digits_dir):
@@ -37,8 +39,8 @@ def test_recognizer_accepts_path_bytes_pil_and_array(fresh_ckpt, digits_dir):
 def test_confidence_is_the_product_of_the_chosen_probabilities(fresh_ckpt, digits_dir):
     rec = CaptchaRecognizer(fresh_ckpt)
     f = sorted(digits_dir.iterdir())[0]
-    from dataset import preprocess
-    logits = rec.logits(preprocess([f], rec.spec))  # (1, P, K)
+    from captcha_recognize.data.arrays import preprocess
+    logits = rec.logits(preprocess([f], rec.preprocess))  # (1, P, K)
     probs = logits.softmax(-1)[0]
     text, conf = rec.predict(f)
     assert text == "".join(rec.converter.alphabet[k] for k in probs.argmax(-1).tolist())
@@ -109,7 +111,8 @@ def test_the_shipped_checkpoint_reads_the_shipped_new_images():
     """``captcha_recognize.pth`` is what the quick start and several tests rely on: it must be a
     finished, good model, never an interrupted run's file."""
     from conftest import ROOT
-    from dataset import list_images, name_text
+    from captcha_recognize.data.folders import list_images
+    from captcha_recognize.data.labels import name_text
     files = list_images([ROOT / "new_images"])
     readings = CaptchaRecognizer(ROOT / "captcha_recognize.pth").predict_batch(files)
     right = sum(text == name_text(f) for (text, _), f in zip(readings, files))

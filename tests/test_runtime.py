@@ -7,9 +7,11 @@ import sys
 import time
 from contextlib import contextmanager
 
+import pytest
+
 from conftest import ROOT
 
-POLICY = "import runtime, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+POLICY = "import captcha_recognize, os; print(os.environ.get('OMP_WAIT_POLICY'))"
 SPIN = "import time\nt = time.time() + 20\nwhile time.time() < t:\n    pass\n"
 
 
@@ -31,13 +33,15 @@ def policy_beside_a_busy_core(env: dict[str, str]) -> str:
                               text=True, timeout=60).stdout.strip()
 
 
+@pytest.mark.slow
 def test_a_busy_core_makes_threads_wait_passively_and_a_users_policy_is_kept():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert policy_beside_a_busy_core(env) == "PASSIVE"
     assert policy_beside_a_busy_core(dict(env, OMP_WAIT_POLICY="ACTIVE")) == "ACTIVE"
 
 
+@pytest.mark.slow
 def test_busy_cores_counts_a_spinning_process():
-    import runtime
+    from captcha_recognize import runtime
     with busy_core():
         assert runtime.busy_cores() >= 0.8

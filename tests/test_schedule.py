@@ -8,35 +8,34 @@ from dataclasses import replace
 import pytest
 import torch
 
-import schedule
-import training
-from checkpoint import load_checkpoint
+from captcha_recognize.training import loop, plan, recipe, state
+from captcha_recognize.reading.checkpoint import load_checkpoint
 from conftest import ROOT
-from training import TrainConfig, train
+from captcha_recognize.training import TrainConfig, train
 
 
 def test_default_budget_grows_with_the_images_from_a_floor():
-    assert schedule.default_budget(100) == schedule.MIN_BUDGET
-    assert schedule.default_budget(1440) == pytest.approx(1.44 * schedule.BUDGET_PER_1000)
+    assert plan.default_budget(100) == plan.MIN_BUDGET
+    assert plan.default_budget(1440) == pytest.approx(1.44 * plan.BUDGET_PER_1000)
 
 
 def test_epochs_in_budget_shortens_only_what_would_overrun():
-    assert schedule.epochs_in_budget(20, 1, 10.0, 1000.0) == 20
-    assert schedule.epochs_in_budget(20, 1, 10.0, 55.0) == 6  # 1 done + 5 more fit
-    assert schedule.epochs_in_budget(20, 1, 10.0, 0.0) == 2  # at least one more epoch
+    assert plan.epochs_in_budget(20, 1, 10.0, 1000.0) == 20
+    assert plan.epochs_in_budget(20, 1, 10.0, 55.0) == 6  # 1 done + 5 more fit
+    assert plan.epochs_in_budget(20, 1, 10.0, 0.0) == 2  # at least one more epoch
 
 
 def test_recent_pace_is_the_median_of_the_latest_epochs():
-    assert schedule.recent_pace([9.0, 1.0, 2.0, 4.0, 3.0]) == 3.0
-    assert schedule.recent_pace([5.0]) == 5.0 and schedule.recent_pace([]) == 0.0
+    assert plan.recent_pace([9.0, 1.0, 2.0, 4.0, 3.0]) == 3.0
+    assert plan.recent_pace([5.0]) == 5.0 and plan.recent_pace([]) == 0.0
 
 
 @pytest.mark.slow
 def test_a_run_whose_epochs_slow_down_is_shortened_at_a_later_check(digits_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 20)
-    monkeypatch.setattr(schedule, "REFIT_SHARE", 0.25)  # checks after epochs 1, 5, 10 and 15
-    monkeypatch.setattr(schedule, "recent_pace", lambda times: 0.01 if len(times) < 5 else 1e4)
-    monkeypatch.setattr(schedule, "still_improving", lambda *a: False)
+    monkeypatch.setattr(recipe, "default_epochs", lambda *a, **k: 20)
+    monkeypatch.setattr(plan, "REFIT_SHARE", 0.25)  # checks after epochs 1, 5, 10 and 15
+    monkeypatch.setattr(plan, "recent_pace", lambda times: 0.01 if len(times) < 5 else 1e4)
+    monkeypatch.setattr(plan, "still_improving", lambda *a: False)
     result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", out=str(tmp_path / "m.pth"), plot="none",
                                show_errors=0))
     assert "holds 6 of the 20 planned epochs" in capsys.readouterr().out  # epoch 5 finds no time for more
@@ -46,11 +45,11 @@ def test_a_run_whose_epochs_slow_down_is_shortened_at_a_later_check(digits_dir, 
 
 def test_grown_epochs_fill_the_budget_only_when_far_from_done():
     times = [30.0, 10.0, 12.0, 11.0]  # the first epoch's one-off costs are not counted: median 11 s
-    assert schedule.grown_epochs(8, 4, 0.975, times, 100.0) == 8  # reads well: the plan stands
-    assert schedule.grown_epochs(8, 4, 0.95, times, 100.0) == 4 + 9  # not yet: what 100 s hold
-    assert schedule.grown_epochs(8, 4, 0.50, times, 100.0) == 4 + 9  # far from done: what 100 s hold
-    assert schedule.grown_epochs(8, 4, 0.50, times, 20.0) == 8  # never shorter than planned
-    assert schedule.grown_epochs(8, 4, 0.50, times, 1000.0) == 3 * 8  # nor longer than 3 times the plan
+    assert plan.grown_epochs(8, 4, 0.975, times, 100.0) == 8  # reads well: the plan stands
+    assert plan.grown_epochs(8, 4, 0.95, times, 100.0) == 4 + 9  # not yet: what 100 s hold
+    assert plan.grown_epochs(8, 4, 0.50, times, 100.0) == 4 + 9  # far from done: what 100 s hold
+    assert plan.grown_epochs(8, 4, 0.50, times, 20.0) == 8  # never shorter than planned
+    assert plan.grown_epochs(8, 4, 0.50, times, 1000.0) == 3 * 8  # nor longer than 3 times the plan
 
 
 @pytest.mark.parametrize("scores, improving", [
@@ -60,22 +59,22 @@ def test_grown_epochs_fill_the_budget_only_when_far_from_done():
     ([0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.91], False),  # gained less than one image of 20
 ])
 def test_still_improving_needs_a_gain_of_one_validation_image(scores, improving):
-    assert schedule.still_improving(scores, 2, 1 / 20) is improving
+    assert plan.still_improving(scores, 2, 1 / 20) is improving
 
 
 def test_at_chance_is_guessing_with_a_loss_that_did_not_fall():
     flat = [{"loss": 3.50, "character_accuracy": 0.03}, {"loss": 3.49, "character_accuracy": 0.04}]
     fell = [{"loss": 3.50, "character_accuracy": 0.03}, {"loss": 1.0, "character_accuracy": 0.04}]
     reads = [{"loss": 3.50, "character_accuracy": 0.03}, {"loss": 3.4, "character_accuracy": 0.5}]
-    assert schedule.at_chance(flat, 33, ctc=False) and not schedule.at_chance(reads, 33, ctc=False)
-    assert not schedule.at_chance(fell, 33, ctc=False) and schedule.at_chance(fell, 33, ctc=True)
+    assert plan.at_chance(flat, 33, ctc=False) and not plan.at_chance(reads, 33, ctc=False)
+    assert not plan.at_chance(fell, 33, ctc=False) and plan.at_chance(fell, 33, ctc=True)
 
 
 def test_guessing_is_at_most_twice_the_characters_a_random_pick_gets():
-    assert schedule.guessing({"character_accuracy": 0.2}, 10)
-    assert not schedule.guessing({"character_accuracy": 0.21}, 10)
-    assert not schedule.guessing({"sequence_accuracy": -1.0}, 10)  # nothing validated yet
-    assert not schedule.guessing({"character_accuracy": 0.5}, 2)  # twice a random pick of 2 is every character
+    assert plan.guessing({"character_accuracy": 0.2}, 10)
+    assert not plan.guessing({"character_accuracy": 0.21}, 10)
+    assert not plan.guessing({"sequence_accuracy": -1.0}, 10)  # nothing validated yet
+    assert not plan.guessing({"character_accuracy": 0.5}, 2)  # twice a random pick of 2 is every character
 
 
 @pytest.mark.slow
@@ -92,7 +91,7 @@ def test_a_run_that_ends_guessing_says_what_the_user_can_do(tmp_path, capsys, mo
     assert len(lines) == 1 and lines[0].startswith("warning: the best model reads ")
     assert "guessing among 10: check that the file names are the texts in their images; if they are, these " \
            "captchas need more than 500 labelled images or more --epochs" in lines[0]
-    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 12)
+    monkeypatch.setattr(recipe, "default_epochs", lambda *a, **k: 12)
     train(replace(cfg, epochs=None, stretch=False))  # the epochs left to the budget
     assert "labelled images or a longer --time-budget" in capsys.readouterr().out
     train(replace(cfg, data=[str(f) for f in files], arch="auto", init_from=str(ROOT / "captcha_recognize.pth"),
@@ -100,25 +99,25 @@ def test_a_run_that_ends_guessing_says_what_the_user_can_do(tmp_path, capsys, mo
     assert "no better than guessing" not in capsys.readouterr().out
     generated = train(TrainConfig(synthetic=64, alphabet="0123456789", length=4, arch="cnn", epochs=1,
                                   out=str(tmp_path / "g.pth"), plot="none", show_errors=0))
-    assert schedule.guessing(generated.best, 10)  # generated captchas only: no file names to check
+    assert plan.guessing(generated.best, 10)  # generated captchas only: no file names to check
     assert "no better than guessing" not in capsys.readouterr().out and not generated.advice
 
 
 def test_slow_start_is_far_from_reading_the_characters_of_enough_validation_images():
     history = [{"loss": 9.0, "character_accuracy": 0.1}, {"loss": 5.0, "character_accuracy": 0.3}]
-    assert schedule.slow_start(history, 40) and not schedule.slow_start(history, 39)
-    assert not schedule.slow_start(history[:1] + [{"loss": 2.0, "character_accuracy": 0.5}], 40)
+    assert plan.slow_start(history, 40) and not plan.slow_start(history, 39)
+    assert not plan.slow_start(history[:1] + [{"loss": 2.0, "character_accuracy": 0.5}], 40)
 
 
 def test_replan_keeps_the_step_and_lr_and_moves_the_end():
     w = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([w], lr=0.01)
-    sched = schedule.one_cycle(opt, 0.01, 100)
+    sched = state.one_cycle(opt, 0.01, 100)
     for _ in range(30):
         opt.step()
         sched.step()
     lr = opt.param_groups[0]["lr"]
-    longer = schedule.replan(sched, 0.01, 200)
+    longer = state.replan(sched, 0.01, 200)
     assert opt.param_groups[0]["lr"] == lr and longer.last_epoch == 30 and longer.total_steps == 200
     for _ in range(169):
         opt.step()
@@ -129,7 +128,7 @@ def test_replan_keeps_the_step_and_lr_and_moves_the_end():
 @pytest.mark.slow
 def test_a_run_still_improving_gets_another_cycle_within_its_budget(digits_dir, tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(schedule, "still_improving", lambda *a: calls.append(a) or len(calls) == 1)
+    monkeypatch.setattr(plan, "still_improving", lambda *a: calls.append(a) or len(calls) == 1)
     result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=4, out=str(tmp_path / "m.pth"),
                                plot="none", show_errors=0))
     assert "validation is still improving: 2 more epochs" in capsys.readouterr().out
@@ -142,10 +141,10 @@ def test_a_run_still_improving_gets_another_cycle_within_its_budget(digits_dir, 
 def test_a_run_far_from_done_halfway_grows_its_planned_cycle(given, min_val, digits_dir, tmp_path, monkeypatch,
                                                               capsys):
     calls = []
-    monkeypatch.setattr(schedule, "STRETCH_MIN_VAL", min_val)  # digits_dir has 6 validation images
-    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 4)
-    monkeypatch.setattr(schedule, "grown_epochs", lambda *a: calls.append(a) or 6)
-    monkeypatch.setattr(schedule, "still_improving", lambda *a: False)
+    monkeypatch.setattr(plan, "STRETCH_MIN_VAL", min_val)  # digits_dir has 6 validation images
+    monkeypatch.setattr(recipe, "default_epochs", lambda *a, **k: 4)
+    monkeypatch.setattr(plan, "grown_epochs", lambda *a: calls.append(a) or 6)
+    monkeypatch.setattr(plan, "still_improving", lambda *a: False)
     result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", out=str(tmp_path / "m.pth"), plot="none",
                                show_errors=0, **given))
     grown = "halfway through the plan: the schedule grows from 4 to 6 epochs" in capsys.readouterr().out
@@ -165,7 +164,7 @@ def test_an_averaged_run_decides_on_growing_by_the_better_of_its_two_readings(av
                                                                               tmp_path, monkeypatch):
     """The weight average lags behind the weights being trained early on and smooths their noise
     later: the run grows only when neither reads well."""
-    seen, calls, validate = [], [], training.validate
+    seen, calls, validate = [], [], loop.validate
 
     def spy(model, *args):  # the trained weights read 0.5 (or 0.25), the average 0.25 (or 0.5)
         out = validate(model, *args)
@@ -173,11 +172,11 @@ def test_an_averaged_run_decides_on_growing_by_the_better_of_its_two_readings(av
         out[0]["sequence_accuracy"] = 0.25 if trained == averaged_better else 0.5
         seen.append(trained)
         return out
-    monkeypatch.setattr(training, "validate", spy)
-    monkeypatch.setattr(schedule, "STRETCH_MIN_VAL", 0)
-    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 4)
-    monkeypatch.setattr(schedule, "grown_epochs", lambda *a: calls.append((a[2], seen[-2:])) or 4)
-    monkeypatch.setattr(schedule, "still_improving", lambda *a: False)
+    monkeypatch.setattr(loop, "validate", spy)
+    monkeypatch.setattr(plan, "STRETCH_MIN_VAL", 0)
+    monkeypatch.setattr(recipe, "default_epochs", lambda *a, **k: 4)
+    monkeypatch.setattr(plan, "grown_epochs", lambda *a: calls.append((a[2], seen[-2:])) or 4)
+    monkeypatch.setattr(plan, "still_improving", lambda *a: False)
     train(TrainConfig(data=[str(digits_dir)], arch="cnn", ema=0.999, out=str(tmp_path / "m.pth"), plot="none",
                       show_errors=0, quiet=True))
     [(acc, read)] = calls
@@ -186,8 +185,8 @@ def test_an_averaged_run_decides_on_growing_by_the_better_of_its_two_readings(av
 
 @pytest.mark.slow
 def test_a_cnn_stuck_at_chance_starts_again_as_a_crnn(digits_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(schedule, "at_chance", lambda *a: True)
-    monkeypatch.setattr(schedule, "CHANCE_MIN_STEPS", 0)  # judge this short run too
+    monkeypatch.setattr(plan, "at_chance", lambda *a: True)
+    monkeypatch.setattr(plan, "CHANCE_MIN_STEPS", 0)  # judge this short run too
     result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=6, out=str(tmp_path / "m.pth"),
                                plot="none", show_errors=0))
     out = capsys.readouterr().out
@@ -200,10 +199,10 @@ def test_a_cnn_stuck_at_chance_starts_again_as_a_crnn(digits_dir, tmp_path, monk
 @pytest.mark.slow
 def test_the_check_for_chance_stays_where_the_first_plan_put_it_when_a_refit_shortens_the_plan(
         digits_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(training, "default_epochs", lambda *a, **k: 40)  # the check falls after epoch 12
-    monkeypatch.setattr(schedule, "at_chance", lambda *a: True)
-    monkeypatch.setattr(schedule, "CHANCE_MIN_STEPS", 0)
-    monkeypatch.setattr(schedule, "epochs_in_budget", lambda planned, done, *a: 20 if done >= 8 else planned)
+    monkeypatch.setattr(recipe, "default_epochs", lambda *a, **k: 40)  # the check falls after epoch 12
+    monkeypatch.setattr(plan, "at_chance", lambda *a: True)
+    monkeypatch.setattr(plan, "CHANCE_MIN_STEPS", 0)
+    monkeypatch.setattr(plan, "epochs_in_budget", lambda planned, done, *a: 20 if done >= 8 else planned)
     train(TrainConfig(data=[str(digits_dir)], arch="cnn", out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
     out = capsys.readouterr().out
     assert "holds 20 of the 40 planned epochs" in out  # the refit after epoch 8
@@ -214,13 +213,13 @@ def test_the_check_for_chance_stays_where_the_first_plan_put_it_when_a_refit_sho
 @pytest.mark.parametrize("arch, chance", [("crnn", False), ("crnn", True), ("cnn", False)])
 def test_a_crnn_slow_to_start_starts_again_from_another_initialisation(arch, chance, digits_dir, tmp_path,
                                                                         monkeypatch, capsys):
-    monkeypatch.setattr(schedule, "at_chance", lambda *a: chance)
-    monkeypatch.setattr(schedule, "SLOW_MIN_VAL", 0)  # digits_dir has 6 validation images
-    monkeypatch.setattr(schedule, "SLOW_BELOW", 1.01)  # every run is slow
-    monkeypatch.setattr(schedule, "CHANCE_MIN_STEPS", 0)
+    monkeypatch.setattr(plan, "at_chance", lambda *a: chance)
+    monkeypatch.setattr(plan, "SLOW_MIN_VAL", 0)  # digits_dir has 6 validation images
+    monkeypatch.setattr(plan, "SLOW_BELOW", 1.01)  # every run is slow
+    monkeypatch.setattr(plan, "CHANCE_MIN_STEPS", 0)
     seeds = []
-    build = training.build_network
-    monkeypatch.setattr(training, "build_network", lambda *a: seeds.append(torch.initial_seed()) or build(*a))
+    build = state.build_network
+    monkeypatch.setattr(state, "build_network", lambda *a: seeds.append(torch.initial_seed()) or build(*a))
     result = train(TrainConfig(data=[str(digits_dir)], arch=arch, epochs=6, seed=3, out=str(tmp_path / "m.pth"),
                                plot="none", show_errors=0))
     out = capsys.readouterr().out

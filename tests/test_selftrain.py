@@ -6,15 +6,18 @@ from dataclasses import replace
 
 import pytest
 
-from checkpoint import load_checkpoint
+from captcha_recognize.reading.checkpoint import load_checkpoint
 from conftest import ROOT
-from dataset import load_images, to_arrays
-from recognizer import CaptchaRecognizer
-from runtime import ConfigError
-import selftrain
-from selftrain import AGAIN_SEED, FIRST_LR, FIRST_SHARE, SMALL_SET, SYNTHETIC_MIX, first_round, stable_readings
-from synthetic import generate
-from training import TrainConfig, train
+from captcha_recognize.data.folders import load_images
+from captcha_recognize.data.arrays import to_arrays
+from captcha_recognize.reading.recognizer import CaptchaRecognizer
+from captcha_recognize.errors import ConfigError
+from captcha_recognize.training import selftrain
+from captcha_recognize.training.supervised import train_supervised
+from captcha_recognize.training.selftrain import (AGAIN_SEED, FIRST_LR, FIRST_SHARE, SMALL_SET, SYNTHETIC_MIX,
+                                                  first_round, stable_readings)
+from captcha_recognize.data.synthetic import generate
+from captcha_recognize.training import TrainConfig, train
 
 
 def unlabelled_copy(src, dst, n: int):
@@ -38,7 +41,7 @@ def labelled_and_pool(tmp_path):
 def test_stable_readings_need_every_perturbed_copy_to_agree(digits_dir):
     rec = CaptchaRecognizer(ROOT / "captcha_recognize.pth")  # a trained reader: some images are borderline
     images, _ = load_images(sorted(digits_dir.iterdir()))
-    arrays = to_arrays(images, rec.spec)  # (64, C, H, W) uint8
+    arrays = to_arrays(images, rec.preprocess)  # (64, C, H, W) uint8
     clean = [t for t, _ in rec.predict_arrays(arrays)]
     readings = stable_readings(rec, arrays, seed=0, lengths={4})
     assert all(r is None or r[0] == c for r, c in zip(readings, clean))  # a pseudo-label is the clean reading
@@ -122,12 +125,12 @@ def test_an_untrained_model_falls_back_to_labelled_only_and_says_so(digits_dir, 
     unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 40)
     rounds, results = [], []  # each round's training settings and results
 
-    def second_try_reads_the_same(cfg, **kw):  # round 0's second try ends where the first did: a tie
+    def second_try_reads_the_same(cfg, events, **kw):  # round 0's second try ends where the first did: a tie
         rounds.append(cfg)
-        results.append(results[0] if len(rounds) == 2 else train(cfg, **kw))
+        results.append(results[0] if len(rounds) == 2 else train_supervised(cfg, events, **kw))
         return results[-1]
 
-    monkeypatch.setattr(selftrain, "train", second_try_reads_the_same)
+    monkeypatch.setattr(selftrain, "train_supervised", second_try_reads_the_same)
     result = train(TrainConfig(data=[str(digits_dir)], unlabelled=str(tmp_path / "unl"), epochs=1,
                                out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
     out = capsys.readouterr().out
@@ -163,7 +166,11 @@ def test_a_good_model_trains_on_its_stable_pseudo_labels(tmp_path, capsys):
     assert right >= 0.9 * r1["pseudo"]  # and those readings are right
     ckpt = load_checkpoint(tmp_path / "m.pth")
     assert ckpt["config"]["unlabelled"] == str(tmp_path / "unl") and len(ckpt["self_training"]) == 2
-    assert ckpt["self_training"][1]["kept"] in (0, 1)
+    history = ckpt["self_training"]
+    kept = 1 if history[1]["val"] >= history[0]["val"] else 0  # round 1 is kept when it validates as well
+    assert history[1]["kept"] == kept and result.rounds[-1]["kept"] == kept
+    kept_val = history[kept]["val"]
+    assert result.best["sequence_accuracy"] == kept_val and ckpt["best"]["sequence_accuracy"] == kept_val
     out = capsys.readouterr().out
     assert f"{r1['pseudo']} of 60 unlabelled captchas read the same" in out
     assert out.count("not --img-size 60x24") == 1  # said by round 0, not again by each round after it
@@ -175,11 +182,11 @@ def test_a_bad_first_draw_of_round_0_is_trained_again_and_the_better_one_goes_on
     labelled, _ = labelled_and_pool(tmp_path)
     seeds = []  # each round's seed
 
-    def first_draw_untrained(cfg, **kw):  # the first draw of round 0 starts from nothing and trains one epoch
+    def first_draw_untrained(cfg, events, **kw):  # the first draw of round 0 starts from nothing and trains one epoch
         seeds.append(cfg.seed)
-        return train(replace(cfg, init_from=None, epochs=1) if len(seeds) == 1 else cfg, **kw)
+        return train_supervised(replace(cfg, init_from=None, epochs=1) if len(seeds) == 1 else cfg, events, **kw)
 
-    monkeypatch.setattr(selftrain, "train", first_draw_untrained)
+    monkeypatch.setattr(selftrain, "train_supervised", first_draw_untrained)
     result = train(TrainConfig(data=[str(labelled)], unlabelled=str(tmp_path / "unl"), rounds=1, epochs=2, lr=1e-3,
                                init_from=str(ROOT / "captcha_recognize.pth"), val_split=0.25, batch_size=16,
                                out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
@@ -206,12 +213,12 @@ def test_a_round_0_slower_than_the_time_left_does_not_stop_the_next_round(tmp_pa
     labelled, _ = labelled_and_pool(tmp_path)
     calls = []
 
-    def round_0_took_long(cfg, **kw):  # round 0 says it took longer than the whole budget
+    def round_0_took_long(cfg, events, **kw):  # round 0 says it took longer than the whole budget
         calls.append(cfg)
-        result = train(cfg, **kw)
+        result = train_supervised(cfg, events, **kw)
         return replace(result, seconds=3600.0) if len(calls) == 1 else result
 
-    monkeypatch.setattr(selftrain, "train", round_0_took_long)
+    monkeypatch.setattr(selftrain, "train_supervised", round_0_took_long)
     result = train(TrainConfig(data=[str(labelled)], unlabelled=str(tmp_path / "unl"), rounds=1, epochs=2, lr=1e-3,
                                init_from=str(ROOT / "captcha_recognize.pth"), val_split=0.25, batch_size=16,
                                out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
@@ -220,7 +227,7 @@ def test_a_round_0_slower_than_the_time_left_does_not_stop_the_next_round(tmp_pa
 
 
 def test_unlabelled_images_that_copy_a_labelled_one_are_left_out(digits_dir, tmp_path):
-    from selftrain import read_unlabelled
+    from captcha_recognize.training.selftrain import read_unlabelled
     generate(tmp_path / "pool", 3, seed=24, show=False)
     truth = unlabelled_copy(tmp_path / "pool", tmp_path / "unl", 3)
     (tmp_path / "unl" / "copy.png").write_bytes(sorted(digits_dir.iterdir())[0].read_bytes())  # a labelled image again

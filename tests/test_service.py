@@ -20,10 +20,17 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 from conftest import fresh_checkpoint
-from dataset import Preprocess, list_images, parse_label
-from recognizer import CaptchaRecognizer, Prediction
-from service import (Batcher, RecognizeResponse, Registry, RequestError, ServeConfig, config_to_env, parse_multipart,
-                     send_json, server_process)
+from captcha_recognize.data.preprocess import Preprocess
+from captcha_recognize.data.folders import list_images
+from captcha_recognize.data.labels import parse_label
+from captcha_recognize.reading.recognizer import CaptchaRecognizer, Prediction
+from captcha_recognize.serve.batcher import Batcher
+from captcha_recognize.serve.schemas import RecognizeResponse
+from captcha_recognize.serve.registry import Registry
+from captcha_recognize.serve.requests import RequestError, parse_multipart
+from captcha_recognize.serve.config import ServeConfig, config_to_env
+from captcha_recognize.serve.front import send_json
+from captcha_recognize.serve.process import server_process
 
 MAX_BYTES, MAX_PIXELS, MAX_IMAGES = 200_000, 1_000_000, 8
 
@@ -46,10 +53,10 @@ def metric(text: str, name: str, **labels: str) -> float:
 def models(tmp_path_factory, calibrated_ckpt) -> dict[str, Path]:
     """Models of different shapes and formats: the calibrated shipped CRNN (.pth), a fresh CRNN with an
     ink mask (.onnx), and a fresh CNN whose file the hot-reload test replaces."""
-    from export import export_onnx
+    from captcha_recognize.reading.export import export_onnx
     d = tmp_path_factory.mktemp("served")
     crnn = fresh_checkpoint(d / "crnn.pth", arch="crnn", alphabet="abcdefgh123",
-                            pre=Preprocess(100, 32, 1, ink=((140, 140, 140),)))  # one ink mask after the grey
+                            preprocess=Preprocess(100, 32, 1, ink=((140, 140, 140),)))  # one ink mask after the grey
     return {"digits": shutil.copy(calibrated_ckpt, d / "digits.pth"), "v2": export_onnx(crnn, d / "v2.onnx"),
             "live": fresh_checkpoint(d / "live.pth", seed=0)}
 
@@ -117,13 +124,13 @@ def test_both_input_forms_and_several_models(server, models, images):
 
 @pytest.mark.slow
 def test_calibrated_confidence_and_accept_on_a_trained_checkpoint(server, models, images):
-    from dataset import preprocess
+    from captcha_recognize.data.arrays import preprocess
     rec = CaptchaRecognizer(models["digits"])
     assert rec.temperature != 1.0 and rec.threshold is not None  # calibrated by its training run
     got = [g for i in range(0, len(images), MAX_IMAGES) for g in httpx.post(
         f"{server}/v1/recognize", json={"image": [b64(f.read_bytes()) for f in images[i:i + MAX_IMAGES]]}
     ).json()["results"]]
-    logits = rec.logits(preprocess(images, rec.spec))  # (64, P, K)
+    logits = rec.logits(preprocess(images, rec.preprocess))  # (64, P, K)
     _, raw = rec.converter.decode(logits)  # temperature 1: what an uncalibrated server would say
     _, calibrated = rec.converter.decode(logits, rec.temperature)
     assert [g["confidence"] for g in got] == pytest.approx(calibrated, rel=1e-4)
@@ -267,7 +274,8 @@ def test_an_answer_that_is_not_valid_json_is_never_sent():
 
 
 @pytest.mark.slow
-def test_the_api_key_guards_every_endpoint_but_the_health_checks_and_metrics_sum_the_workers(fresh_ckpt, images, tmp_path):
+def test_the_api_key_guards_every_endpoint_but_the_health_checks_and_metrics_sum_the_workers(fresh_ckpt, images,
+                                                                                              tmp_path):
     key = {"CAPTCHA_TEST_KEY": "s3cret-key"}
     args = ["--model", f"m={fresh_ckpt}", "--api-key-env", "CAPTCHA_TEST_KEY", "--workers", "2"]
     with server_process(args, tmp_path / "log", env=key) as (url, _):
@@ -291,7 +299,7 @@ def test_the_api_key_guards_every_endpoint_but_the_health_checks_and_metrics_sum
 
 
 def test_bad_start_flags_are_one_line_errors(fresh_ckpt, tmp_path, capsys, monkeypatch):
-    import torch_model_serve
+    from captcha_recognize.cli import serve as torch_model_serve
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"nope")
     assert torch_model_serve.main(["--model", f"m={bad}"]) == 2
@@ -314,7 +322,7 @@ def test_bad_start_flags_are_one_line_errors(fresh_ckpt, tmp_path, capsys, monke
 
 
 def test_each_worker_runs_a_pass_per_core_it_has_unless_told(monkeypatch):
-    import torch_model_serve
+    from captcha_recognize.cli import serve as torch_model_serve
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     passes = lambda *flags: torch_model_serve.config(torch_model_serve.parse_args(list(flags))).forward_passes()  # noqa: E731
     assert passes() == 8
@@ -536,7 +544,7 @@ def test_several_passes_share_a_full_queue():
 
 def test_warming_decodes_and_runs_every_padded_size_on_each_forward_thread():
     rec, seen = FakeRecognizer(), []
-    rec.spec = Preprocess(8, 4, 1)
+    rec.preprocess = Preprocess(8, 4, 1)
     prepare = rec.prepare
     rec.prepare = lambda data, max_pixels=None: seen.append(threading.get_ident()) or prepare(data, max_pixels)
 

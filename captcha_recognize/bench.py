@@ -1,0 +1,110 @@
+"""What the benchmarks (``benchmarks/*.py``) share: the real datasets, their seeded splits, scoring a
+model on a test split, the machine line, and writing a result table into ``docs/results.md`` under
+the command that produced it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import re
+import shlex
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Sequence
+
+from typing import Any
+
+import torch
+
+from captcha_recognize.data.folders import split_indices
+from captcha_recognize.data.labels import parse_label
+from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
+from captcha_recognize.reading.scores import score
+from captcha_recognize.runtime import PACKAGE_PARENT
+
+ROOT = PACKAGE_PARENT  # the checkout the benchmarks run from, beside ../shared
+SHARED = ROOT.parent / "shared" / "data"
+DATASETS = {name: SHARED / name for name in (
+    "percent4-digits", "captcha-images-v2", "rkn-securimage", "fssp-cyrillic", "capybara-digits", "bjtu-math",
+    "amazon-letters", "seu-letters")}
+
+
+def split_files(files: Sequence[Path], seed: int, n_train: int | None) -> tuple[list[Path], list[Path]]:
+    """(training files, untouched test files) for one seed: 20% is held out as the test split,
+    which does not depend on ``n_train``; the training files are the first ``n_train`` of a
+    seeded shuffle of the rest (all of them for None)."""
+    pool, test = split_indices(len(files), [0.2], seed)
+    random.Random(seed + 1000).shuffle(pool)
+    chosen = pool if n_train is None else pool[:n_train]
+    return [files[i] for i in sorted(chosen)], [files[i] for i in test]
+
+
+def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
+    """``score`` on ``test``, plus ``wrong``: the misread files as ``name->prediction``, and ``misread``:
+    them as ``(path, label, prediction, confidence)`` for a contact sheet."""
+    results = predict_files(rec, test)
+    preds, labels = [r["prediction"] for r in results], [parse_label(r["path"]) for r in results]
+    misread = [(r["path"], t, p, r["confidence"]) for r, p, t in zip(results, preds, labels) if p != t]
+    wrong = [f"{Path(path).name}->{p}" for path, _, p, _ in misread]
+    return {**score(preds, labels), "wrong": wrong, "misread": misread}
+
+
+def machine() -> str:
+    """One line naming what a table was measured on: CPU, cores, PyTorch and the kernels it picked.
+
+    Training follows a different floating-point path on CPUs with other vector kernels (AVX2,
+    AVX512), so accuracies rerun elsewhere can differ by a few test images.
+    """
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"Machine: {cpu}, {os.cpu_count()} cores, PyTorch {torch.__version__} "
+            f"({torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} threads){gpu}")
+
+
+OUTPUT_FLAGS = ("--markdown", "--errors")  # where results are written, not what is measured
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that is running, as a user would type it from the repository root, without the
+    ``OUTPUT_FLAGS`` that name where its results were written."""
+    script = Path(sys.argv[0]).resolve()
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(ROOT)
+    args, kept = list(sys.argv[1:] if argv is None else argv), []
+    while args:
+        a = args.pop(0)
+        if a in OUTPUT_FLAGS:
+            args = args[1:]
+        elif not a.startswith(tuple(f"{flag}=" for flag in OUTPUT_FLAGS)):
+            kept.append(a)
+    return " ".join(["python", str(script), *map(shlex.quote, kept)])
+
+
+def write_section(path: str | os.PathLike, command: str, body: str) -> None:
+    """Put ``body`` into the markdown file under a heading naming ``command``: a rerun of the same
+    command replaces its own section and leaves the others alone. Written atomically."""
+    path = Path(path)
+    begin, end = f"<!-- begin: {command} -->", f"<!-- end: {command} -->"
+    section = f"{begin}\n`{command}` ({date.today().isoformat()})\n\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else \
+        "# Results\n\nEach table below is the output of the command above it.\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def publish(table: str, markdown: str | None, argv: Sequence[str] | None = None) -> int:
+    """Print a benchmark's table and, with ``--markdown FILE``, write it there under its command."""
+    print(table)
+    if markdown:
+        write_section(markdown, command_line(argv), table)
+    return 0

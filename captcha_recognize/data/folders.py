@@ -1,0 +1,129 @@
+"""Folders of captchas: listing, decoding with unreadable files skipped in one warning, the
+labelled images of folders, and seeded splits."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from captcha_recognize.data.images import open_image
+from captcha_recognize.data.labels import LABEL_HELP, LabelRules, parse_label
+from captcha_recognize.errors import DataError
+from captcha_recognize.text import plural, shown
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def list_images(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Image files in the given folders and/or files, sorted by name within each folder (with
+    ``recursive``, also in their subfolders). A folder whose images are all in subfolders is a
+    ``DataError`` that says so, unless ``recursive``."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if is_image_file(f))
+            if not found and not recursive and any(is_image_file(f) for f in p.rglob("*")):
+                raise DataError(f"no images directly in {shown(p)}, only in its subfolders: give --recursive "
+                                "to read them")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"no such file or folder: {shown(p)}")
+    return files
+
+
+def is_image_file(f: Path) -> bool:
+    return f.suffix.lower() in IMAGE_EXTS and f.is_file()
+
+
+def warn_skipped(bad: Sequence[tuple[Path, str]], what: str = "unreadable image") -> None:
+    """One warning line naming how many files were skipped and which."""
+    if bad:
+        names = ", ".join(f"{shown(p.name)} ({why})" for p, why in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        print(f"warning: skipped {plural(len(bad), what)}: {names}{more}", file=sys.stderr)
+
+
+def decode_files(files: Sequence[Path]) -> tuple[list[Image.Image], list[Path], list[tuple[Path, str]]]:
+    """Decoded images, their paths, and ``(path, reason)`` for each file that could not be read."""
+    images, ok, bad = [], [], []
+    for f in files:
+        try:
+            if f.stat().st_size == 0:
+                raise ValueError("empty file")
+            images.append(open_image(f))
+            ok.append(f)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            bad.append((f, type(e).__name__ if not str(e) else str(e).split("\n")[0][:60]))
+    return images, ok, bad
+
+
+def load_images(files: Sequence[Path]) -> tuple[list[Image.Image], list[Path]]:
+    """Decoded images and their paths; unreadable files are skipped with one warning."""
+    images, ok, bad = decode_files(files)
+    warn_skipped(bad)
+    return images, ok
+
+
+@dataclass
+class LabelledImages:
+    """Decoded, labelled images of a folder (before resizing)."""
+    images: list[Image.Image]
+    labels: list[str]
+    paths: list[Path]
+
+
+def labelled_files(inputs: Sequence[str | os.PathLike], alphabet: str | None = None,
+                   rules: LabelRules | None = None, recursive: bool = False) -> list[Path]:
+    """The image files whose names are labels; warns once about the others.
+
+    Raises ``DataError`` if there are no images, or no name is a label.
+    """
+    files = list_images(inputs, recursive)
+    where = ", ".join(map(shown, inputs))
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {where}")
+    labelled = [(f, parse_label(f, alphabet, rules)) for f in files]
+    unlabelled = [(f, "not a label") for f, lab in labelled if lab is None]
+    if len(unlabelled) == len(files):
+        raise DataError(f"none of the {len(files)} file names in {where} is a label: {LABEL_HELP}")
+    warn_skipped(unlabelled, "unlabelled file")
+    return [f for f, lab in labelled if lab is not None]
+
+
+def read_labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = None,
+                  rules: LabelRules | None = None, recursive: bool = False) -> LabelledImages:
+    """Labelled images from folders/files; unlabelled names and unreadable files are skipped.
+
+    Raises ``DataError`` if nothing usable remains.
+    """
+    keep = labelled_files(inputs, alphabet, rules, recursive)
+    images, ok = load_images(keep)
+    if not images:
+        raise DataError(f"none of the {len(keep)} labelled images in {', '.join(map(shown, inputs))} could be read")
+    return LabelledImages(images, [parse_label(f, alphabet, rules) for f in ok], ok)
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:
+    """Deterministic random split of ``range(n)``: one list per fraction, the rest first.
+
+    ``split_indices(100, [0.1], 0)`` -> ``[train (90), val (10)]``.
+    """
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    sizes = [int(round(n * f)) for f in fractions]
+    if sum(sizes) >= n:
+        raise DataError(f"{n} images are too few to split off {fractions}")
+    parts, start = [], n - sum(sizes)
+    parts.append(sorted(order[:start]))
+    for s in sizes:
+        parts.append(sorted(order[start:start + s]))
+        start += s
+    return parts

@@ -1,0 +1,55 @@
+"""The typed request and answer of the API, as ``/docs`` shows them."""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RecognizeJSON(BaseModel):
+    """The JSON form of a request."""
+    image: str | list[str] = Field(description="base64 image (a data: URL is fine), or a list of them")
+    model: str | None = Field(None, description="model name (default: the first model served)")
+
+
+class Reading(BaseModel):
+    text: str
+    confidence: float = Field(description="calibrated: of the answers given at 0.9, about 90% are right")
+    accept: bool = Field(description="confidence at or above the model's accept threshold (always, without one)")
+    model: str
+
+
+class Timing(BaseModel):
+    decode_ms: float = Field(description="reading the images into model input")
+    queue_ms: float = Field(description="waiting for the forward pass")
+    model_ms: float = Field(description="the forward pass this request was part of")
+    total_ms: float
+    batch_images: int = Field(description="images in that forward pass, this request's and others'")
+
+
+class RecognizeResponse(BaseModel):
+    results: list[Reading]
+    timing: Timing
+
+
+class InputSize(BaseModel):
+    width: int
+    height: int
+    channels: int
+    ink: list[tuple[int, int, int]] = Field(default=[], description="flat colours (RGB) whose masks the model "
+                                            "reads after the image's channels")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    arch: str
+    alphabet: str
+    length: int | None
+    input: InputSize
+    format: str
+    temperature: float
+    threshold: float | None
+    loaded_at: str
+    error: str | None = Field(description="why the last reload of the file failed (the old model keeps serving)")
+
+
+class ErrorResponse(BaseModel):
+    error: str
