@@ -43,7 +43,8 @@ from captcha_recognize.data.folders import list_images, load_images
 from captcha_recognize.data.arrays import to_arrays
 from captcha_recognize.reading.report import contact_sheet
 from captcha_recognize.reading.scores import score
-from captcha_recognize.reading.recognizer import CaptchaRecognizer, all_logits, predict_files
+from captcha_recognize.reading.inference import all_logits
+from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
 from captcha_recognize.data.synthetic import generate
 from captcha_recognize.training import TrainConfig, TrainResult, train
 

@@ -143,7 +143,7 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
         ckpt = untrained_checkpoint(workdir / f"{name}-{arch}.pth", arch, alphabet, length, pre)
         flops = None
         for backend, r in backends(ckpt, folder, pre, workdir):
-            flops = flops or forward_flops(r.model, torch.zeros(1, pre.channels, h, w))
+            flops = flops or forward_flops(r.model.net, torch.zeros(1, pre.channels, h, w))
             ips = time_folder(r, files, repeats)
             rows.append({"dataset": name, "arch": arch, "backend": backend, "input": f"{w}x{h}x{pre.channels}",
                          "images": len(files), "img_s": ips, "ms_img": 1000 / ips,

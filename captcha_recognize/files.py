@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 from typing import Callable, Iterator
+
+from filelock import FileLock, Timeout
 
 from captcha_recognize.errors import OutputBusy
 
@@ -52,23 +53,22 @@ def glob_escape(name: str) -> str:
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold a lock next to ``path`` while a run writes it: a second run that would write the same
-    file refuses at its start instead of overwriting the first one's checkpoints."""
+    file refuses at its start instead of overwriting the first one's checkpoints. The lock is the
+    system's (``flock`` on Unix, ``LockFileEx`` on Windows, through ``filelock``), so a run that dies
+    releases it; a note beside it names the holder's process."""
     path = Path(path)
-    lock = path.with_name(f".{path.name}.lock")
+    lock, note = path.with_name(f".{path.name}.lock"), path.with_name(f".{path.name}.lock.pid")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            who = f.read().strip()
-            raise OutputBusy(f"another training{f' (pid {who})' if who else ''} is writing {path}: wait for it "
-                             "to finish or give another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    held = FileLock(lock)
+    try:
+        held.acquire(timeout=0)
+    except Timeout:
+        who = note.read_text().strip() if note.is_file() else ""
+        raise OutputBusy(f"another training{f' (pid {who})' if who else ''} is writing {path}: wait for it "
+                         "to finish or give another --out") from None
+    try:
+        note.write_text(str(os.getpid()))
+        yield
+    finally:
+        note.unlink(missing_ok=True)
+        held.release()

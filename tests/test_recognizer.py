@@ -13,7 +13,8 @@ from captcha_recognize.reading.checkpoint import atomic_save, checkpoint_dict
 from captcha_recognize.data.codec import LabelConverter
 from captcha_recognize.data.preprocess import Preprocess
 from captcha_recognize.model import ModelConfig, build_model
-from captcha_recognize.reading.recognizer import CPU_CHUNK, CaptchaRecognizer, infer, predict_files
+from captcha_recognize.reading.inference import infer
+from captcha_recognize.reading.recognizer import CPU_CHUNK, CaptchaRecognizer, predict_files
 
 
 def test_recognizer_accepts_path_bytes_pil_and_array(fresh_ckpt, digits_dir):
@@ -40,7 +41,7 @@ def test_confidence_is_the_product_of_the_chosen_probabilities(fresh_ckpt, digit
     rec = CaptchaRecognizer(fresh_ckpt)
     f = sorted(digits_dir.iterdir())[0]
     from captcha_recognize.data.arrays import preprocess
-    logits = rec.logits(preprocess([f], rec.preprocess))  # (1, P, K)
+    logits = torch.from_numpy(rec.logits(preprocess([f], rec.preprocess)))  # (1, P, K)
     probs = logits.softmax(-1)[0]
     text, conf = rec.predict(f)
     assert text == "".join(rec.converter.alphabet[k] for k in probs.argmax(-1).tolist())
@@ -62,10 +63,10 @@ def test_batch_norm_is_folded_into_the_convs_and_reads_as_before(arch, tmp_path)
     atomic_save(checkpoint_dict(model.state_dict(), vars(cfg), ModelSpec(arch, "0123456789", 4, Preprocess(50, 22, 3))),
                 tmp_path / "m.pth")
     rec = CaptchaRecognizer(tmp_path / "m.pth")
-    assert norms and not any(isinstance(m, torch.nn.BatchNorm2d) for m in rec.model.modules())
+    assert norms and not any(isinstance(m, torch.nn.BatchNorm2d) for m in rec.model.net.modules())
     x = torch.rand(5, 3, 22, 50, generator=gen) * 2 - 1
     with torch.no_grad():
-        assert torch.allclose(rec.logits(x), model(x), atol=1e-4)
+        assert torch.allclose(torch.from_numpy(rec.logits(x)), model(x), atol=1e-4)
 
 
 def test_infer_batches_in_order():
@@ -75,8 +76,8 @@ def test_infer_batches_in_order():
 
     def logits(x):  # "a" for dark images, "b" for light ones
         seen.append(len(x))
-        light = (x.flatten(1)[:, 0] > 0).float()
-        return torch.stack([1 - light, light], 1).unsqueeze(1) * 10  # (B, 1, 2)
+        light = (x.reshape(len(x), -1)[:, 0] > 0).astype(np.float32)
+        return np.stack([1 - light, light], 1)[:, None] * 10  # (B, 1, 2)
     texts, _ = infer(logits, conv, arrays, batch_size=2)
     assert texts == ["a", "a", "a", "b", "b"] and seen == [2, 2, 1]
 

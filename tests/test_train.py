@@ -330,7 +330,7 @@ def test_a_crnn_on_flat_colour_captchas_reads_ink_masks_and_says_so(tmp_path, ca
     assert "input 80x32x1 + 2 ink masks (140,140,140 112,112,112)" in capsys.readouterr().out
     rec = CaptchaRecognizer(tmp_path / "m.pth")
     assert rec.spec.preprocess.ink == (TEXT, LINES)
-    assert rec.model.features[0].in_channels == 3  # the image and its two masks
+    assert rec.model.net.features[0].in_channels == 3  # the image and its two masks
     text, _ = rec.predict(tmp_path / "1000.png")
     assert len(text) == 4
 

@@ -8,7 +8,7 @@ from typing import Sequence
 from captcha_recognize.cli.common import Parser, positive_int, probability, run
 from captcha_recognize.data.folders import list_images
 from captcha_recognize.errors import DataError
-from captcha_recognize.reading.checkpoint import DEFAULT_CHECKPOINT
+from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT
 from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
 from captcha_recognize.reading.report import build_report, contact_sheet, format_results, write_csv, write_json
 from captcha_recognize.runtime import check_writable

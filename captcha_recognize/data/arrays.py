@@ -1,27 +1,25 @@
-"""Preprocessed images as tensors: uint8 ``(N, C, H, W)`` arrays, their normalisation to the
-model's float input, and a dataset of them with their labels."""
+"""Preprocessed images as PyTorch tensors, for training: uint8 ``(N, C, H, W)`` batches, their
+normalisation to the model's float input, and a dataset of them with their labels."""
 from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
 from captcha_recognize.data.images import ImageInput, open_image
-from captcha_recognize.data.preprocess import Preprocess, image_to_array
+from captcha_recognize.data.preprocess import Preprocess, images_to_array, normalize_array
 
 
 def normalize(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, C, H, W)`` -> float in [-1, 1], channels_last for fast CPU convs."""
-    x = batch.float().div_(127.5).sub_(1.0)
-    return x.contiguous(memory_format=torch.channels_last)
+    """uint8 ``(B, C, H, W)`` (on the CPU) -> float in [-1, 1] (``normalize_array``), channels_last for
+    fast CPU convs."""
+    return torch.from_numpy(normalize_array(batch.numpy())).contiguous(memory_format=torch.channels_last)
 
 
-def preprocess(images: Sequence[ImageInput], spec: Preprocess) -> torch.Tensor:
+def preprocess(images: Sequence[ImageInput], pre: Preprocess) -> torch.Tensor:
     """Images -> model input ``(B, C, H, W)``: ``normalize(image_to_array(...))``."""
-    arrays = [image_to_array(open_image(im), spec) for im in images]
-    return normalize(torch.from_numpy(np.stack(arrays)))
+    return normalize(to_arrays([open_image(im) for im in images], pre))
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -37,6 +35,6 @@ class ArrayDataset(torch.utils.data.Dataset):
         return self.arrays[i], self.labels[i]
 
 
-def to_arrays(images: Sequence[Image.Image], spec: Preprocess) -> torch.Tensor:
-    """Decoded images -> uint8 ``(N, C, H, W)`` at the model's input size."""
-    return torch.from_numpy(np.stack([image_to_array(im, spec) for im in images]))
+def to_arrays(images: Sequence[Image.Image], preprocess: Preprocess) -> torch.Tensor:
+    """Decoded images -> uint8 ``(N, C, H, W)`` at the model's input size (``images_to_array``)."""
+    return torch.from_numpy(images_to_array(images, preprocess))

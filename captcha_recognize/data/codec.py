@@ -1,10 +1,12 @@
 """The label codec: the one owner of the alphabet, the CTC blank, encoding labels and decoding
-model outputs into texts and confidences."""
+model outputs into texts and confidences. NumPy only, so that a reader without PyTorch decodes
+exactly as training validates; logits may be NumPy arrays or CPU tensors."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-import torch
+import numpy as np
+
 
 class LabelConverter:
     """Owns the alphabet: text <-> class indices, and decoding of model outputs.
@@ -39,18 +41,17 @@ class LabelConverter:
         ok = all(c in self.index for c in label) and len(label) > 0
         return ok and self.fixed_length in (None, len(label))
 
-    def encode(self, labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """CNN: ``(B, P)`` targets. CTC: concatenated targets ``(sum L,)``. Plus lengths ``(B,)``."""
-        lengths = torch.tensor([len(s) for s in labels], dtype=torch.long)
+    def encode(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """CNN: ``(B, P)`` targets. CTC: concatenated targets ``(sum L,)``. Plus lengths ``(B,)``; int64."""
+        lengths = np.array([len(s) for s in labels], dtype=np.int64)
         if self.ctc:
-            flat = [self.index[c] for s in labels for c in s]
-            return torch.tensor(flat, dtype=torch.long), lengths
-        return torch.tensor([[self.index[c] for c in s] for s in labels], dtype=torch.long), lengths
+            return np.array([self.index[c] for s in labels for c in s], dtype=np.int64), lengths
+        return np.array([[self.index[c] for c in s] for s in labels], dtype=np.int64), lengths
 
-    def collapse(self, path: torch.Tensor) -> list[list[int]]:
+    def collapse(self, path: np.ndarray) -> list[list[int]]:
         """CTC: each row of class indices ``(B, T)`` with repeats merged and blanks dropped."""
         out = []
-        for row in path.tolist():
+        for row in np.asarray(path).tolist():
             kept, prev = [], self.blank
             for k in row:
                 if k != prev and k != self.blank:
@@ -59,13 +60,13 @@ class LabelConverter:
             out.append(kept)
         return out
 
-    def best_path(self, logits: torch.Tensor) -> torch.Tensor:
+    def best_path(self, logits: Any) -> np.ndarray:
         """The class read at each position or time step ``(B, T|P)``: the most probable one
         (greedy), except that a fixed-length CRNN whose greedy reading has another length takes
         the most probable alignment of exactly ``length`` characters instead."""
-        return self._read(logits)[0]
+        return self._read(as_array(logits))[0]
 
-    def _read(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[list[int]] | None]:
+    def _read(self, logits: np.ndarray) -> tuple[np.ndarray, list[list[int]] | None]:
         """``best_path`` and, for CTC, its rows collapsed (``collapse``), each row collapsed once."""
         path = logits.argmax(-1)  # (B, T|P)
         if not self.ctc:
@@ -73,72 +74,99 @@ class LabelConverter:
         kept = self.collapse(path)
         wrong = [i for i, k in enumerate(kept) if len(k) != self.length] if self.fixed else []
         if wrong:
-            rows = torch.tensor(wrong)
-            path[rows] = ctc_path_of_length(logits[rows].float().log_softmax(-1), self.length, path[rows])
+            rows = np.array(wrong)
+            log_p = log_softmax(logits[rows].astype(np.float32))
+            path[rows] = ctc_path_of_length(log_p, self.length, path[rows])
             for i, k in zip(wrong, self.collapse(path[rows])):
                 kept[i] = k
         return path, kept
 
-    def log_confidence(self, logits: torch.Tensor, temperature: float = 1.0,
-                       path: torch.Tensor | None = None) -> torch.Tensor:
+    def log_confidence(self, logits: Any, temperature: float = 1.0, path: np.ndarray | None = None) -> np.ndarray:
         """Log of the confidence ``(B,)``: the sum over positions (CTC: time steps, blanks
         included) of the log-probability of the class on ``path`` (default ``best_path``), with
         logits divided by ``temperature`` (the checkpoint's calibration; 1 = raw softmax).
         Float64 logits are computed in float64 (calibration), others in float32."""
-        x = logits if logits.dtype == torch.float64 else logits.float()
-        log_p = (x / temperature).log_softmax(-1)  # (B, T|P, K)
-        path = self.best_path(logits) if path is None else path  # (B, T|P)
-        return log_p.gather(-1, path.unsqueeze(-1)).squeeze(-1).sum(-1)  # (B,)
+        x = as_array(logits)
+        x = x if x.dtype == np.float64 else x.astype(np.float32)
+        log_p = log_softmax(x / x.dtype.type(temperature))  # (B, T|P, K)
+        path = self.best_path(x) if path is None else np.asarray(path)  # (B, T|P)
+        return np.take_along_axis(log_p, path[..., None], -1)[..., 0].sum(-1)  # (B,)
 
-    def decode(self, logits: torch.Tensor, temperature: float = 1.0) -> tuple[list[str], list[float]]:
+    def decode(self, logits: Any, temperature: float = 1.0) -> tuple[list[str], list[float]]:
         """Texts and confidences from logits: CNN ``(B, P, K)``, CRNN ``(B, T, K + 1)``.
 
         Confidence is the product of the chosen classes' probabilities at ``temperature``
         (``log_confidence``); the temperature changes the confidence, never the text. CTC
         decoding follows ``best_path``: collapse repeats, then drop blanks.
         """
-        path, kept = self._read(logits)  # (B, T|P), CTC: the characters read per row
-        conf = self.log_confidence(logits, temperature, path).exp().tolist()
+        x = as_array(logits)
+        path, kept = self._read(x)  # (B, T|P), CTC: the characters read per row
+        conf = np.exp(self.log_confidence(x, temperature, path)).tolist()
         chars = self.alphabet
         if kept is not None:
             return ["".join(chars[k - 1] for k in row) for row in kept], conf
         return ["".join(chars[k] for k in row) for row in path.tolist()], conf
 
 
-def ctc_path_of_length(log_p: torch.Tensor, length: int, fallback: torch.Tensor, blank: int = 0) -> torch.Tensor:
+def as_array(logits: Any) -> np.ndarray:
+    """Logits as a NumPy array (a CPU tensor is viewed, not copied)."""
+    return logits if isinstance(logits, np.ndarray) else np.asarray(logits)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """``log(softmax(x))`` over the last axis, in ``x``'s float type."""
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def ctc_path_of_length(log_p: np.ndarray, length: int, fallback: np.ndarray, blank: int = 0) -> np.ndarray:
     """The most probable CTC alignment ``(B, T)`` of log-probabilities ``(B, T, K)`` that reads
     exactly ``length`` characters (Viterbi over states: characters read so far, class of this
     step); a row too short for ``length`` characters keeps its ``fallback`` row."""
+    log_p = as_array(log_p)
     B, T, K = log_p.shape
-    classes = torch.arange(K)
-    score = log_p.new_full((B, length + 1, K), float("-inf"))  # (B, N + 1, K): best path ending in state
+    classes = np.arange(K)
+    score = np.full((B, length + 1, K), -np.inf, dtype=log_p.dtype)  # (B, N + 1, K): best path ending in state
     score[:, 0, blank] = log_p[:, 0, blank]
     score[:, 1, 1:] = log_p[:, 0, 1:]
     prev_class, advanced = [], []  # per step t >= 1: where each state came from
     for t in range(1, T):
-        top, arg = score.topk(2, -1)  # (B, N + 1, 2)
-        is_top = classes == arg[..., :1]  # (B, N + 1, K)
-        other = torch.where(is_top, top[..., 1:], top[..., :1])  # best over classes other than k
-        other_arg = torch.where(is_top, arg[..., 1:], arg[..., :1])
-        enter = torch.full_like(score, float("-inf"))  # a new character k, after n - 1 others
+        arg1, top1, arg2, top2 = top_two(score)  # each (B, N + 1)
+        is_top = classes == arg1[..., None]  # (B, N + 1, K)
+        other = np.where(is_top, top2[..., None], top1[..., None])  # best over classes other than k
+        other_arg = np.where(is_top, arg2[..., None], arg1[..., None])
+        enter = np.full_like(score, -np.inf)  # a new character k, after n - 1 others
         enter[:, 1:] = other[:, :-1]
-        enter_arg = torch.zeros_like(other_arg)
+        enter_arg = np.zeros_like(other_arg)
         enter_arg[:, 1:] = other_arg[:, :-1]
-        stay = score.clone()  # the same character k held on
-        stay[..., blank] = top[..., 0]  # a blank follows anything, reading nothing new
-        stay_arg = classes.expand(B, length + 1, K).clone()
-        stay_arg[..., blank] = arg[..., 0]
+        stay = score.copy()  # the same character k held on
+        stay[..., blank] = top1  # a blank follows anything, reading nothing new
+        stay_arg = np.broadcast_to(classes, (B, length + 1, K)).copy()
+        stay_arg[..., blank] = arg1
         go = enter > stay  # (B, N + 1, K)
         go[..., blank] = False
-        score = torch.where(go, enter, stay) + log_p[:, t].unsqueeze(1)
-        prev_class.append(torch.where(go, enter_arg, stay_arg))
+        score = np.where(go, enter, stay) + log_p[:, t][:, None, :]
+        prev_class.append(np.where(go, enter_arg, stay_arg))
         advanced.append(go)
-    end_score, k = score[:, length].max(-1)  # (B,)
-    n = torch.full((B,), length)
-    rows = torch.arange(B)
-    path = torch.empty(B, T, dtype=torch.long)
+    end = score[:, length]  # (B, K)
+    k = end.argmax(-1)  # (B,)
+    end_score = end[np.arange(B), k]
+    n = np.full(B, length)
+    rows = np.arange(B)
+    path = np.empty((B, T), dtype=np.int64)
     for t in range(T - 1, 0, -1):
         path[:, t] = k
-        k, n = prev_class[t - 1][rows, n, k], n - advanced[t - 1][rows, n, k].long()
+        k, n = prev_class[t - 1][rows, n, k], n - advanced[t - 1][rows, n, k].astype(np.int64)
     path[:, 0] = k
-    return torch.where(torch.isfinite(end_score).unsqueeze(1), path, fallback)
+    return np.where(np.isfinite(end_score)[:, None], path, np.asarray(fallback))
+
+
+def top_two(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Over the last axis: the index and value of the largest entry, then of the largest of the rest."""
+    arg1 = score.argmax(-1)
+    top1 = np.take_along_axis(score, arg1[..., None], -1)[..., 0]
+    rest = score.copy()
+    np.put_along_axis(rest, arg1[..., None], -np.inf, -1)
+    arg2 = rest.argmax(-1)
+    top2 = np.take_along_axis(rest, arg2[..., None], -1)[..., 0]
+    return arg1, top1, arg2, top2

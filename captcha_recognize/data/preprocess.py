@@ -115,3 +115,13 @@ def find_ink(images: Sequence[Image.Image], sample: int = INK_SAMPLE) -> tuple[t
         return ()
     common = sorted((c for c, k in counts.items() if k >= INK_COMMON * len(picked)), key=lambda c: -counts[c])
     return tuple((c >> 16, c >> 8 & 255, c & 255) for c in common[:INK_MAX])
+
+
+def images_to_array(images: Sequence[Image.Image], preprocess: Preprocess) -> np.ndarray:
+    """Decoded images -> uint8 ``(N, C, H, W)`` at the model's input size."""
+    return np.stack([image_to_array(im, preprocess) for im in images])
+
+
+def normalize_array(batch: np.ndarray) -> np.ndarray:
+    """uint8 ``(B, C, H, W)`` -> float32 in [-1, 1]: the model's input, for training and reading alike."""
+    return batch.astype(np.float32) / np.float32(127.5) - np.float32(1.0)

@@ -16,11 +16,12 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-import torch
+import numpy as np
 
 from captcha_recognize.data.codec import LabelConverter
 from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint
-from captcha_recognize.reading.recognizer import CaptchaRecognizer, all_logits
+from captcha_recognize.reading.inference import all_logits
+from captcha_recognize.reading.recognizer import CaptchaRecognizer
 
 TARGET_PRECISION = 0.995  # share of accepted validation answers that must be right
 T_MIN, T_MAX = 0.05, 20.0  # the temperatures searched
@@ -73,31 +74,31 @@ def precision_floor(right: int, n: int, z: float = FLOOR_Z) -> float:
 def expected_calibration_error(confs: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS) -> float:
     """Mean over equal-width confidence bins, weighted by their share of answers, of
     |share right - mean confidence|; 0 for no answers."""
-    c = torch.tensor(list(confs), dtype=torch.float64)  # (N,)
-    y = torch.tensor(list(correct), dtype=torch.float64)  # (N,)
+    c = np.array(list(confs), dtype=np.float64)  # (N,)
+    y = np.array(list(correct), dtype=np.float64)  # (N,)
     if not len(c):
         return 0.0
-    which = (c * bins).long().clamp(0, bins - 1)  # (N,) bin index
+    which = np.clip((c * bins).astype(np.int64), 0, bins - 1)  # (N,) bin index
     total = 0.0
-    for b in which.unique().tolist():
+    for b in np.unique(which).tolist():
         m = which == b
-        total += m.sum().item() * abs(y[m].mean().item() - c[m].mean().item())
-    return total / len(c)
+        total += m.sum() * abs(y[m].mean() - c[m].mean())
+    return float(total / len(c))
 
 
-def nll(log_conf: torch.Tensor, correct: torch.Tensor) -> float:
+def nll(log_conf: np.ndarray, correct: np.ndarray) -> float:
     """Mean binary negative log-likelihood of ``correct`` ``(N,)`` under confidence ``exp(log_conf)``."""
-    log_conf = log_conf.clamp(max=-1e-15)  # (N,) so that log(1 - p) stays finite
-    log_wrong = torch.log(-torch.expm1(log_conf))  # log(1 - p)
-    return -torch.where(correct, log_conf, log_wrong).mean().item()
+    log_conf = np.minimum(log_conf, -1e-15)  # (N,) so that log(1 - p) stays finite
+    log_wrong = np.log(-np.expm1(log_conf))  # log(1 - p)
+    return float(-np.where(correct, log_conf, log_wrong).mean())
 
 
-def fit_temperature(logits: torch.Tensor, correct: Sequence[bool], converter: LabelConverter) -> float:
+def fit_temperature(logits: np.ndarray, correct: Sequence[bool], converter: LabelConverter) -> float:
     """The temperature in [T_MIN, T_MAX] with the lowest ``nll`` of the answers being right:
     a log-spaced grid, then a golden-section search around its best point. When every answer
     is right the likelihood only grows as the temperature falls, so the mean confidence is set
     to the estimated accuracy instead (``all_right_temperature``); 1.0 when none is right."""
-    y = torch.tensor(list(correct), dtype=torch.bool)  # (N,)
+    y = np.array(list(correct), dtype=bool)  # (N,)
     if not y.any():
         return 1.0
     if y.all():
@@ -107,7 +108,7 @@ def fit_temperature(logits: torch.Tensor, correct: Sequence[bool], converter: La
     def loss(log_t: float) -> float:
         return nll(converter.log_confidence(logits, math.exp(log_t), path), y)
 
-    grid = torch.linspace(math.log(T_MIN), math.log(T_MAX), 61).tolist()
+    grid = np.linspace(math.log(T_MIN), math.log(T_MAX), 61).tolist()
     best = min(range(len(grid)), key=lambda i: loss(grid[i]))
     lo, hi = grid[max(0, best - 1)], grid[min(len(grid) - 1, best + 1)]
     g = (math.sqrt(5) - 1) / 2
@@ -125,7 +126,7 @@ def fit_temperature(logits: torch.Tensor, correct: Sequence[bool], converter: La
     return math.exp((lo + hi) / 2)
 
 
-def all_right_temperature(logits: torch.Tensor, converter: LabelConverter) -> float:
+def all_right_temperature(logits: np.ndarray, converter: LabelConverter) -> float:
     """For ``n`` validation answers that are all right: the temperature at which their mean
     confidence is ``(n + 1) / (n + 2)``, Laplace's estimate of the accuracy (the confidence
     of each answer grows as the temperature falls, so bisection on log T finds it)."""
@@ -134,7 +135,7 @@ def all_right_temperature(logits: torch.Tensor, converter: LabelConverter) -> fl
     path = converter.best_path(logits)  # (N, T|P)
     for _ in range(50):
         mid = (lo + hi) / 2
-        if converter.log_confidence(logits, math.exp(mid), path).exp().mean().item() > target:
+        if np.exp(converter.log_confidence(logits, math.exp(mid), path)).mean() > target:
             lo = mid  # too confident: a higher temperature
         else:
             hi = mid
@@ -154,7 +155,7 @@ def accept_threshold(confs: Sequence[float], correct: Sequence[bool], target: fl
     return threshold
 
 
-def calibrate(logits: torch.Tensor, labels: Sequence[str], converter: LabelConverter,
+def calibrate(logits: np.ndarray, labels: Sequence[str], converter: LabelConverter,
               target: float = TARGET_PRECISION) -> Calibration:
     """Fit the temperature and threshold on validation logits ``(N, T|P, K)`` (best in float64:
     confidences near 1 keep their distance from 1) and their labels."""
@@ -180,12 +181,13 @@ def held_out_report(confs_raw: Sequence[float], confs: Sequence[float], correct:
             "accepted_accuracy": sum(kept) / len(kept) if kept else None}
 
 
-def calibrate_checkpoint(path: str | os.PathLike, arrays: torch.Tensor, labels: Sequence[str],
+def calibrate_checkpoint(path: str | os.PathLike, arrays: np.ndarray, labels: Sequence[str],
                          target: float = TARGET_PRECISION) -> Calibration:
     """Calibrate the checkpoint at ``path`` on validation images ``(N, C, H, W)`` (uint8) and their
     labels, and store temperature, threshold and the numbers in it (atomically)."""
     rec = CaptchaRecognizer(path)
-    cal = calibrate(all_logits(rec.logits, arrays, rec.batch_size).double(), labels, rec.converter, target)
+    logits = all_logits(rec.logits, arrays, rec.batch_size).astype(np.float64)  # (N, T|P, K)
+    cal = calibrate(logits, labels, rec.converter, target)
     atomic_save({**load_checkpoint(path), "temperature": cal.temperature, "threshold": cal.threshold,
                  "calibration": asdict(cal)}, path)
     return cal

@@ -20,10 +20,9 @@ from captcha_recognize.data.preprocess import Preprocess
 from captcha_recognize.errors import CheckpointError
 from captcha_recognize.files import atomic_write
 from captcha_recognize.model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
-from captcha_recognize.reading.spec import ModelSpec
+from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT, ModelSpec
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
-DEFAULT_CHECKPOINT = "captcha_recognize.pth"  # the shipped model; what train_images/ trains and the scripts read
 REQUIRED_KEYS = ("format", "model", "model_args", "alphabet", "label_length", "preprocess")
 
 

@@ -20,7 +20,7 @@ from captcha_recognize.data.preprocess import Preprocess
 from captcha_recognize.errors import DataError
 from captcha_recognize.files import atomic_write
 from captcha_recognize.reading.checkpoint import build_from_checkpoint, load_checkpoint
-from captcha_recognize.reading.onnx_file import ONNX_META_KEY, ONNX_SHA_KEY, onnx_weights_sha256
+from captcha_recognize.reading.onnx_file import ONNX_META_KEY, ONNX_SHA_KEY, graph_and_metadata, model_sha256
 from captcha_recognize.reading.recognizer import CaptchaRecognizer
 from captcha_recognize.reading.spec import ModelSpec
 
@@ -44,14 +44,15 @@ def export_onnx(ckpt_path: str | os.PathLike, out: str | os.PathLike, opset: int
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                               opset_version=opset, dynamo=False)
         proto = onnx.load(str(tmp))
-        set_metadata(proto, {ONNX_META_KEY: json.dumps(spec.to_meta())})
+        set_metadata(proto, json.dumps(spec.to_meta()))
         onnx.save(proto, str(tmp))
     return atomic_write(out, write)
 
 
-def set_metadata(proto: Any, entries: dict[str, str]) -> None:
-    """Replace the model's metadata with ``entries`` plus the SHA-256 of its own weights."""
-    entries = {**entries, ONNX_SHA_KEY: onnx_weights_sha256(proto)}
+def set_metadata(proto: Any, spec_json: str) -> None:
+    """Replace the model's metadata with its spec's JSON and the SHA-256 over its graph and that JSON."""
+    graph, _ = graph_and_metadata(proto.SerializeToString())
+    entries = {ONNX_META_KEY: spec_json, ONNX_SHA_KEY: model_sha256(graph, spec_json)}
     del proto.metadata_props[:]
     for key, value in entries.items():
         entry = proto.metadata_props.add()
@@ -84,7 +85,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out: str | os.PathLike, arrays: 
         quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
         proto = onnx.load(str(tmp))
-        set_metadata(proto, {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props})
+        set_metadata(proto, {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}[ONNX_META_KEY])
         onnx.save(proto, str(tmp))
     try:
         return atomic_write(out, write)

@@ -10,6 +10,7 @@ from captcha_recognize.data.codec import LabelConverter
 from captcha_recognize.data.labels import LabelRules
 from captcha_recognize.data.preprocess import Preprocess
 
+DEFAULT_CHECKPOINT = "captcha_recognize.pth"  # the shipped model; what train_images/ trains and the scripts read
 
 @dataclass
 class ModelSpec:

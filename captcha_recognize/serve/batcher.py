@@ -100,7 +100,7 @@ class Batcher:
             barrier.wait()
             rec.prepare(png.getvalue(), self.max_pixels)
             for size in self.sizes:
-                rec.predict_arrays(torch.zeros(size, pre.in_channels, pre.height, pre.width, dtype=torch.uint8))
+                rec.predict_arrays(np.zeros((size, pre.in_channels, pre.height, pre.width), np.uint8))
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self.executor, run) for _ in range(self.passes)))
 
@@ -192,7 +192,7 @@ class Batcher:
         n, t = len(arrays), time.perf_counter()
         if n:
             pad = next((size for size in self.sizes if size >= n), n) - n
-            batch = torch.from_numpy(np.stack(arrays + [np.zeros_like(arrays[0])] * pad))  # (N + pad, C, H, W) uint8
+            batch = np.stack(arrays + [np.zeros_like(arrays[0])] * pad)  # (N + pad, C, H, W) uint8
             readings = rec.predict_arrays(batch)
         model_ms = 1000 * (time.perf_counter() - t)
         out: list[list[tuple[str, float]] | RequestError] = []

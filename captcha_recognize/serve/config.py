@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from captcha_recognize.errors import ConfigError
-from captcha_recognize.reading.checkpoint import DEFAULT_CHECKPOINT
+from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONFIG_ENV = "CAPTCHA_SERVE_CONFIG"  # how ``--workers N`` hands the configuration to each worker process

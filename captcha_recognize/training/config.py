@@ -20,7 +20,7 @@ from captcha_recognize.data.preprocess import MIN_SIDE
 from captcha_recognize.device import pick_device
 from captcha_recognize.errors import ConfigError
 from captcha_recognize.reading.calibration import TARGET_PRECISION
-from captcha_recognize.reading.checkpoint import DEFAULT_CHECKPOINT
+from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT
 from captcha_recognize.training import plan
 from captcha_recognize.training.recipe import (DEFAULT_LR, DEFAULT_STEPS, EMA_DECAY, FIRST_LR, MIN_EPOCHS, ROUND_EMA,
                                                SELF_TRAINING_BUDGET, SMALL_SET, SMALL_SET_STEPS, SYNTHETIC_MIX)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from captcha_recognize.data.arrays import normalize
 from captcha_recognize.data.augment import STROKES, augment, splice
 from captcha_recognize.data.codec import LabelConverter
-from captcha_recognize.reading.recognizer import evaluate
+from captcha_recognize.reading.torch_model import evaluate
 from captcha_recognize.reading.scores import score
 from captcha_recognize.training.config import TrainConfig
 from captcha_recognize.training.distributed import ProcessGroup
@@ -23,7 +23,7 @@ from captcha_recognize.training.task import Split
 def compute_loss(logits: torch.Tensor, labels: Sequence[str], converter: LabelConverter,
                  label_smoothing: float) -> tuple[torch.Tensor, list[float]]:
     """Mean loss and per-head losses (CNN) for a batch of logits."""
-    targets, lengths = converter.encode(labels)
+    targets, lengths = (torch.from_numpy(a) for a in converter.encode(labels))  # CNN (B, P); CTC (sum L,), (B,)
     targets, logits = targets.to(logits.device), logits.float()
     if converter.ctc:
         log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, B, K + 1)

@@ -38,7 +38,8 @@ from captcha_recognize.data.labels import parse_label
 from captcha_recognize.errors import ConfigError, DataError
 from captcha_recognize.files import output_lock
 from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint
-from captcha_recognize.reading.recognizer import CaptchaRecognizer, infer
+from captcha_recognize.reading.inference import infer
+from captcha_recognize.reading.recognizer import CaptchaRecognizer
 from captcha_recognize.text import plural, shown
 from captcha_recognize.training.config import TrainConfig, plot_path
 from captcha_recognize.training.events import Events
@@ -90,7 +91,8 @@ def stable_readings(rec: CaptchaRecognizer, arrays: torch.Tensor, seed: int,
     same = [len(t) in lengths for t in texts]
     gen = torch.Generator().manual_seed(seed)
     for _ in range(VIEWS):
-        seen, _ = infer(lambda x: rec.logits(augment(x, WEAK, gen)), rec.converter, arrays, rec.batch_size)
+        seen, _ = infer(lambda x: rec.logits(augment(torch.from_numpy(x), WEAK, gen)), rec.converter, arrays,
+                        rec.batch_size)
         same = [ok and a == b for ok, a, b in zip(same, texts, seen)]
     return [(t, c) if ok else None for t, c, ok in zip(texts, confs, same)]
 

@@ -21,7 +21,7 @@ from captcha_recognize.files import output_lock, remove_stale_temporaries
 from captcha_recognize.model import ModelConfig
 from captcha_recognize.reading.calibration import calibrate_checkpoint
 from captcha_recognize.reading.checkpoint import load_checkpoint
-from captcha_recognize.reading.recognizer import evaluate
+from captcha_recognize.reading.torch_model import evaluate
 from captcha_recognize.reading.scores import format_scores, mistakes_table
 from captcha_recognize.reading.spec import ModelSpec
 from captcha_recognize.runtime import check_writable, default_threads
