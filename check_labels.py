@@ -13,7 +13,7 @@ a hard image. It takes ``--folds`` times as long as one training.
 """
 import sys
 
-from captcha_recognize.cli.check_labels import main
+from captcha_recognize.cli.launch import check_labels
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(check_labels())

@@ -10,7 +10,7 @@ images.
 """
 import sys
 
-from captcha_recognize.cli.make_captchas import main
+from captcha_recognize.cli.launch import make_captchas
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(make_captchas())

@@ -15,7 +15,7 @@ and ``onnxruntime`` to verify or quantize.
 """
 import sys
 
-from captcha_recognize.cli.export import main
+from captcha_recognize.cli.launch import export
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export())

@@ -15,7 +15,7 @@ from their names, the most confident first; Enter renames the file to the text, 
 """
 import sys
 
-from captcha_recognize.cli.label import main
+from captcha_recognize.cli.launch import label
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(label())

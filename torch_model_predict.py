@@ -15,7 +15,7 @@ From Python: ``from captcha_recognize import CaptchaRecognizer``.
 """
 import sys
 
-from captcha_recognize.cli.predict import main
+from captcha_recognize.cli.launch import predict
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(predict())

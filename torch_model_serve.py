@@ -16,7 +16,7 @@ does not load. The app itself is ``captcha_recognize.serve.app.create_app``.
 """
 import sys
 
-from captcha_recognize.cli.serve import main
+from captcha_recognize.cli.launch import serve
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve())

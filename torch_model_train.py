@@ -13,7 +13,7 @@ of ``TrainConfig``; from Python: ``from captcha_recognize.training import TrainC
 """
 import sys
 
-from captcha_recognize.cli.train import main
+from captcha_recognize.cli.launch import train
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(train())

@@ -1,7 +1,7 @@
 """Prediction speed: folder throughput, single-image latency and share of the CPU's peak.
 
 Usage:
-    python benchmarks/speed.py                      # both real datasets, both archs, torch + onnx
+    python benchmarks/speed.py                      # two real sets, both archs, torch + onnx
     python benchmarks/speed.py --quick              # small smoke run on generated captchas
     python benchmarks/speed.py --markdown docs/results.md
 
@@ -11,7 +11,10 @@ then times, over the same image files:
   * folder prediction, whole pipeline: read + decode + preprocess + model + decode text
     (``recognizer.predict_files``), with PyTorch, ONNX Runtime, and ONNX Runtime on the int8
     export (``torch_model_export.py --int8``, calibrated on the same folder);
-  * warm single-image latency through ``CaptchaRecognizer.predict`` (median);
+  * warm single-image latency through ``CaptchaRecognizer.predict`` (median), and its inverse, the
+    images read per second one at a time;
+  * with ``--browser``, the browser reader (``web/reader.js`` on onnxruntime-web in headless
+    Chromium) reading the files one at a time;
   * the forward pass's achieved GFLOP/s against the measured fp32 matmul peak;
   * ddddocr (if installed) on the same files, output restricted to the dataset's alphabet.
 """
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from captcha_recognize.bench import DATASETS, machine, publish
+from captcha_recognize.bench import DATASETS, ROOT, chromium, machine, publish, static_site
 
 import torch
 
@@ -128,8 +131,38 @@ def backends(ckpt: Path, folder: str, pre: Preprocess, workdir: Path) -> list[tu
     return out
 
 
+BROWSER_READ = """
+const [model, urls, done] = arguments;
+(async () => {
+  const { loadModel } = await import("/web/reader.js");
+  const reader = await loadModel(model);
+  await reader.read(urls[0]);
+  const t0 = performance.now();
+  for (const url of urls) await reader.read(url);
+  return urls.length / ((performance.now() - t0) / 1000);
+})().then(done, (e) => done({ error: String(e) }));
+"""
+
+
+def time_browser(onnx: Path, files: Sequence[Path], workdir: Path, n: int = 200) -> float:
+    """Images/s of the browser reader (``web/reader.js`` on onnxruntime-web in headless Chromium), one
+    image at a time, each fetched from a local server, decoded, preprocessed and read."""
+    driver = chromium(workdir / "chromium-profile")
+    try:
+        with static_site({"web": ROOT / "web", "model": onnx.parent, "images": Path(files[0]).parent}) as url:
+            driver.set_script_timeout(600)
+            driver.get(f"{url}/web/index.html")
+            rate = driver.execute_async_script(BROWSER_READ, f"{url}/model/{onnx.name}",
+                                               [f"{url}/images/{f.name}" for f in files[:n]])
+    finally:
+        driver.quit()
+    if isinstance(rate, dict):
+        raise RuntimeError(f"the browser reader failed: {rate['error']}")
+    return rate
+
+
 def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, peak: float,
-                  workdir: Path) -> list[dict[str, Any]]:
+                  workdir: Path, browser: bool = False) -> list[dict[str, Any]]:
     files = list_images([folder])
     images, _ = load_images(files)
     labels = [parse_label(f) for f in files]
@@ -142,27 +175,33 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
         pre = Preprocess(w, h, CHANNELS[arch])
         ckpt = untrained_checkpoint(workdir / f"{name}-{arch}.pth", arch, alphabet, length, pre)
         flops = None
+        row = {"dataset": name, "arch": arch, "input": f"{w}x{h}x{pre.channels}", "images": len(files), "dddd": dddd}
         for backend, r in backends(ckpt, folder, pre, workdir):
             flops = flops or forward_flops(r.model.net, torch.zeros(1, pre.channels, h, w))
             ips = time_folder(r, files, repeats)
-            rows.append({"dataset": name, "arch": arch, "backend": backend, "input": f"{w}x{h}x{pre.channels}",
-                         "images": len(files), "img_s": ips, "ms_img": 1000 / ips,
-                         "latency_ms": time_single(r, files[0]), "mflops": flops / 1e6,
-                         "peak_pct": 100 * flops * ips / 1e9 / peak, "dddd": dddd})
+            rows.append({**row, "backend": backend, "img_s": ips, "latency_ms": time_single(r, files[0]),
+                         "mflops": flops / 1e6, "peak_pct": 100 * flops * ips / 1e9 / peak})
             print(f"  {name} {arch} {backend}: {ips:.0f} img/s", file=sys.stderr)
+        if browser:
+            rate = time_browser(workdir / f"{ckpt.stem}.onnx", files, workdir)
+            rows.append({**row, "backend": "browser (onnxruntime-web)", "img_s": None, "latency_ms": 1000 / rate,
+                         "mflops": flops / 1e6, "peak_pct": None})
+            print(f"  {name} {arch} browser: {rate:.0f} img/s one at a time", file=sys.stderr)
     return rows
 
 
 def format_table(rows: list[dict[str, Any]], peak: float) -> str:
-    head = ("| dataset | arch | backend | input | images | img/s (whole pipeline) | ms/img | single-image "
-            "latency ms | MFLOP/img | % of fp32 peak | ddddocr img/s | x ddddocr |")
+    head = ("| dataset | arch | backend | input | images | img/s (whole pipeline, batched) | x ddddocr | one at a "
+            "time: img/s | latency ms | MFLOP/img | % of fp32 peak | ddddocr img/s (one at a time) |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         dd = f"{r['dddd']:.0f}" if r["dddd"] else "n/a"
-        ratio = f"{r['img_s'] / r['dddd']:.1f}x" if r["dddd"] else "n/a"
-        lines.append(f"| {r['dataset']} | {r['arch']} | {r['backend']} | {r['input']} | {r['images']} | "
-                     f"{r['img_s']:.0f} | {r['ms_img']:.2f} | {r['latency_ms']:.2f} | {r['mflops']:.0f} | "
-                     f"{r['peak_pct']:.0f}% | {dd} | {ratio} |")
+        batched = f"{r['img_s']:.0f}" if r["img_s"] else "n/a"
+        ratio = f"{r['img_s'] / r['dddd']:.1f}x" if r["dddd"] and r["img_s"] else "n/a"
+        peak_pct = f"{r['peak_pct']:.0f}%" if r["peak_pct"] is not None else "n/a"
+        lines.append(f"| {r['dataset']} | {r['arch']} | {r['backend']} | {r['input']} | {r['images']} | {batched} | "
+                     f"{ratio} | {1000 / r['latency_ms']:.0f} | {r['latency_ms']:.2f} | {r['mflops']:.0f} | "
+                     f"{peak_pct} | {dd} |")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines += ["", machine(), f"fp32 matmul peak measured: {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads; "
                              f"peak memory (RSS) of this process: {rss:.0f} MB"]
@@ -172,8 +211,13 @@ def format_table(rows: list[dict[str, Any]], peak: float) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small smoke run on generated captchas")
+    p.add_argument("--datasets", nargs="+", default=["percent4-digits", "captcha-images-v2"], choices=list(DATASETS),
+                   metavar="NAME", help="real sets under ../shared/data to time")
     p.add_argument("--archs", nargs="+", default=["cnn", "crnn"], help="architectures to time")
     p.add_argument("--repeats", type=positive_int, default=3, metavar="N", help="timed passes per row (best is kept)")
+    p.add_argument("--browser", action="store_true",
+                   help="also time the browser reader (web/reader.js) in headless Chromium: needs Debian's chromium "
+                        "and chromium-driver, and cd web && npm ci")
     p.add_argument("--markdown", metavar="FILE", help="also write the table into FILE (e.g. docs/results.md)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,14 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             generate(workdir / "quick", 64, seed=3, show=False)
             datasets, args.repeats = {"generated": str(workdir / "quick")}, 1
         else:
-            datasets = {k: str(v) for k, v in DATASETS.items() if Path(v).is_dir()}
+            datasets = {k: str(DATASETS[k]) for k in args.datasets if DATASETS[k].is_dir()}
             if not datasets:
                 print("error: no dataset found under ../shared/data", file=sys.stderr)
                 return 1
         peak = matmul_peak()
         rows = []
         for name, folder in datasets.items():
-            rows += bench_dataset(name, folder, args.archs, args.repeats, peak, workdir)
+            rows += bench_dataset(name, folder, args.archs, args.repeats, peak, workdir, args.browser)
         table = format_table(rows, peak)
     return publish(table, args.markdown, argv)
 

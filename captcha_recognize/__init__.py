@@ -23,8 +23,12 @@ __version__ = "1.0.0"
 
 
 def __getattr__(name: str) -> Any:
-    """``CaptchaRecognizer`` and ``Prediction`` on first use, so that importing the package loads nothing heavy."""
+    """``CaptchaRecognizer``, ``Prediction`` and ``answer`` on first use, so that importing the package loads
+    nothing heavy."""
     if name in ("CaptchaRecognizer", "Prediction"):
         from captcha_recognize.reading import recognizer
         return getattr(recognizer, name)
+    if name == "answer":
+        from captcha_recognize.reading.answer import answer
+        return answer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,17 +4,19 @@ the command that produced it."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import os
 import platform
 import random
 import re
 import shlex
 import sys
+import tempfile
+import threading
 from datetime import date
 from pathlib import Path
-from typing import Sequence
-
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -24,7 +26,15 @@ from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_file
 from captcha_recognize.reading.scores import score
 from captcha_recognize.runtime import PACKAGE_PARENT
 
-ROOT = PACKAGE_PARENT  # the checkout the benchmarks run from, beside ../shared
+
+def checkout() -> Path:
+    """The checkout the benchmarks run from (beside ``../shared``): the folder above the running
+    ``benchmarks/`` script, else the one that holds this package (an editable install)."""
+    script = Path(sys.argv[0]).resolve()
+    return script.parent.parent if script.parent.name == "benchmarks" else PACKAGE_PARENT
+
+
+ROOT = checkout()
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {name: SHARED / name for name in (
     "percent4-digits", "captcha-images-v2", "rkn-securimage", "fssp-cyrillic", "capybara-digits", "bjtu-math",
@@ -108,3 +118,41 @@ def publish(table: str, markdown: str | None, argv: Sequence[str] | None = None)
     if markdown:
         write_section(markdown, command_line(argv), table)
     return 0
+
+
+@contextlib.contextmanager
+def static_site(folders: dict[str, Path]) -> Iterator[str]:
+    """A static HTTP server on a free 127.0.0.1 port serving each folder at ``/<name>/``; yields its URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, folder in folders.items():
+            (Path(tmp) / name).symlink_to(Path(folder).resolve())
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=tmp))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--window-size=1160,700"]
+
+
+def chromium(profile: Path) -> Any:
+    """Headless Chromium driven by Selenium, with Debian's browser and driver: nothing is downloaded and
+    no usage statistics are sent."""
+    os.environ["SE_AVOID_STATS"] = "true"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

@@ -112,5 +112,7 @@ def child_env(settings: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a child Python process (``python -m captcha_recognize...``) that imports this
     package from where this process found it, installed or in a checkout: that folder is put first on
     the child's PYTHONPATH."""
-    path = os.pathsep.join(p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, **(settings or {}), "PYTHONPATH": path}
+    env = {**os.environ, **(settings or {})}
+    if (PACKAGE_PARENT / "pyproject.toml").is_file():  # a checkout; an installed package is found anyway
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH", "")) if p)
+    return env

@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from captcha_recognize.bench import CHROMEDRIVER, CHROMIUM, chromium
 from captcha_recognize.data.synthetic import generate
 from captcha_recognize.reading.checkpoint import untrained_checkpoint as fresh_checkpoint
 from captcha_recognize.runtime import child_env
 from captcha_recognize.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
-__all__ = ["ROOT", "fresh_checkpoint", "run_script"]
+__all__ = ["NEEDS_CHROMIUM", "ROOT", "fresh_checkpoint", "run_script"]
+NEEDS_CHROMIUM = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                                    reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, "
+                                           f"{CHROMEDRIVER}); apt-get install -y chromium chromium-driver")
 RUNNING: dict[str, object] = {"slow": True, "test": ""}  # the test being set up or run
 
 
@@ -96,3 +100,13 @@ def calibrated_ckpt(tmp_path_factory) -> Path:
     train(TrainConfig(data=[str(data)], init_from=str(ROOT / "captcha_recognize.pth"), epochs=1, lr=1e-4,
                       val_split=0.5, plot="none", out=str(out), quiet=True))
     return out
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    """Headless Chromium driven by Selenium, with Debian's browser and driver (nothing downloaded)."""
+    pytest.importorskip("selenium.webdriver")
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    driver = chromium(tmp_path / "chromium-profile")
+    yield driver
+    driver.quit()

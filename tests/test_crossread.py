@@ -32,7 +32,7 @@ def test_cross_read_never_reads_an_image_with_a_model_trained_on_it(monkeypatch,
     files = [Path(f"{i:04d}.png") for i in range(10)]
     trained_on: dict[str, set[str]] = {}
 
-    def fake_train(cfg, events):
+    def fake_train(cfg):
         trained_on[cfg.out] = set(cfg.data)
         assert cfg.arch == "crnn" and cfg.epochs == 3  # the config reaches training
 
@@ -41,7 +41,7 @@ def test_cross_read_never_reads_an_image_with_a_model_trained_on_it(monkeypatch,
         return [{"path": str(f), "prediction": f.stem, "confidence": 1.0, "label": f.stem, "correct": True}
                 for f in held]
 
-    monkeypatch.setattr(crossread, "train_supervised", fake_train)
+    monkeypatch.setattr(crossread, "train", fake_train)
     monkeypatch.setattr(crossread, "CaptchaRecognizer", str)
     monkeypatch.setattr(crossread, "predict_files", fake_predict)
     results = crossread.cross_read(files, 3, TrainConfig(arch="crnn", epochs=3), tmp_path)

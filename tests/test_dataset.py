@@ -397,3 +397,40 @@ def test_only_the_crnn_reads_ink_and_off_turns_it_off(tmp_path):
     got = {(arch, ink): make_task(TrainConfig(data=[str(tmp_path)], arch=arch, ink=ink), data, None)[1].ink
            for arch in ("cnn", "crnn") for ink in ("auto", "off")}
     assert got == {("cnn", "auto"): (), ("cnn", "off"): (), ("crnn", "auto"): (TEXT, LINES), ("crnn", "off"): ()}
+
+
+def animated(path, frames: int = 3):
+    """A GIF whose frame k shows only the k-th of ``frames`` black squares."""
+    from PIL import ImageDraw
+    images = []
+    for k in range(frames):
+        im = Image.new("RGB", (20 * frames, 20), "white")
+        ImageDraw.Draw(im).rectangle([5 + 20 * k, 5, 14 + 20 * k, 14], fill="black")
+        images.append(im)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
+    return images
+
+
+def test_an_animated_captcha_is_read_from_all_its_frames(tmp_path):
+    from captcha_recognize.data.folders import decode_files
+    from captcha_recognize.data.images import open_image
+    frames = animated(tmp_path / "1234.gif")
+    merged = np.asarray(open_image(tmp_path / "1234.gif").convert("L"))
+    assert (merged < 128).sum() == sum((np.asarray(f.convert("L")) < 128).sum() for f in frames) == 300
+    first = Image.open(tmp_path / "1234.gif")  # what reading the first frame alone gives
+    assert (np.asarray(first.convert("L")) < 128).sum() == 100
+    assert np.array_equal(np.asarray(open_image(first).convert("L")), merged)  # a PIL image too
+    images, ok, bad = decode_files([tmp_path / "1234.gif"])  # training and prediction read files so
+    assert not bad and np.array_equal(np.asarray(images[0].convert("L")), merged)
+    frames[0].save(tmp_path / "still.png")
+    assert np.array_equal(np.asarray(open_image(tmp_path / "still.png").convert("RGB")), np.asarray(frames[0]))
+
+
+def test_an_image_too_large_is_skipped_with_its_size_everywhere(tmp_path, capsys):
+    from captcha_recognize.data.folders import load_images
+    Image.new("1", (5000, 5000)).save(tmp_path / "1234.png")  # 25 megapixels in a file of a few KB
+    Image.new("RGB", (50, 22), "white").save(tmp_path / "5678.png")
+    assert (tmp_path / "1234.png").stat().st_size < 20_000
+    images, ok = load_images(sorted(tmp_path.iterdir()))
+    assert [p.name for p in ok] == ["5678.png"]
+    assert "1234.png (5000x5000 pixels is over the limit of 4000000 pixels)" in capsys.readouterr().err

@@ -17,20 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import NEEDS_CHROMIUM, ROOT
 from captcha_recognize.data.folders import list_images
 from captcha_recognize.data.labels import parse_label
 from captcha_recognize.data.synthetic import generate
 
-CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1160,700"]
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
-                                 reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {DRIVER}); "
-                                        "apt-get install -y chromium chromium-driver")]
+pytestmark = [pytest.mark.slow, NEEDS_CHROMIUM]
 
 
 def free_port() -> int:
@@ -76,20 +68,6 @@ def server(tmp_path, captchas, cnn_ckpt):
     yield url, out
     proc.terminate()
     proc.wait(30)
-
-
-@pytest.fixture
-def browser(tmp_path, monkeypatch):
-    monkeypatch.setenv("SE_AVOID_STATS", "true")  # Selenium sends no usage statistics
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 class Page:

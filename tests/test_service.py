@@ -98,7 +98,7 @@ def test_both_input_forms_and_several_models(server, models, images):
     r = httpx.post(f"{server}/v1/recognize", files=[("file", (f.name, f.read_bytes())) for f in files])
     assert r.status_code == 200, r.text
     assert_reads_as(r.json()["results"], digits, "digits")  # the first model is the default
-    assert RecognizeResponse.model_validate(r.json()).model_dump() == r.json()  # the answer is the documented one
+    assert RecognizeResponse.model_validate(r.json()).model_dump(exclude_unset=True) == r.json()  # as documented
     timing = r.json()["timing"]
     assert timing["batch_images"] >= 3 and timing["total_ms"] >= timing["decode_ms"] > 0
     r = httpx.post(f"{server}/v1/recognize", files=[("image", (files[0].name, files[0].read_bytes()))],
@@ -404,11 +404,12 @@ def test_a_replaced_model_file_is_reloaded_during_traffic_without_a_failed_reque
 def test_multipart_bodies_are_split_into_their_files_and_model_field():
     tricky = b"\x89PNG\r\n\r\n--not-the-boundary\r\n\r\nrest"  # line breaks and dashes inside a file
     req = httpx.Request("POST", "http://127.0.0.1/", files=[("file", ("a.png", tricky)), ("other", ("b.png", b"x"))],
-                        data={"model": "v2"})
-    assert parse_multipart(req.headers["content-type"], req.read(), 8) == ([tricky, b"x"], "v2")
+                        data={"model": "v2", "answer": "1"})
+    fields = {"model": "v2", "answer": "1"}
+    assert parse_multipart(req.headers["content-type"], req.read(), 8) == ([tricky, b"x"], fields)
     framed = (b'preamble\r\n--b \r\nContent-Disposition: form-data; name="f"; filename="c.png"\r\n\r\nDATA'
               b"\r\n--b--\r\nepilogue")
-    assert parse_multipart('multipart/form-data; boundary="b"', framed, 8) == ([b"DATA"], None)
+    assert parse_multipart('multipart/form-data; boundary="b"', framed, 8) == ([b"DATA"], {})
     for content_type, body, phrase in [
             ("multipart/form-data", framed, "no boundary"),
             ("multipart/form-data; boundary=b", framed.replace(b"--b--", b"--c--"), "does not open and close"),
@@ -575,3 +576,25 @@ def test_the_registry_keeps_the_old_model_when_the_new_file_does_not_load(fresh_
     assert reg.check() == ["m"] and reg.get("m").recognizer is not old and reg.get("m").error is None
     with pytest.raises(Exception, match="unknown model"):
         reg.get("../m.pth")
+
+
+@pytest.mark.slow
+def test_the_value_of_each_reading_comes_when_asked_for_in_any_form(server, images):
+    blob = images[0].read_bytes()
+    plain = httpx.post(f"{server}/v1/recognize", files=[("file", ("a.png", blob))]).json()["results"][0]
+    assert "answer" not in plain and "answer_error" not in plain
+    asked = [httpx.post(f"{server}/v1/recognize", files=[("file", ("a.png", blob))], data={"answer": "1"}),
+             httpx.post(f"{server}/v1/recognize?answer=true", files=[("file", ("a.png", blob))]),
+             httpx.post(f"{server}/v1/recognize", json={"image": base64.b64encode(blob).decode(), "answer": True})]
+    for r in asked:
+        result = r.json()["results"][0]
+        assert r.status_code == 200 and result["text"] == plain["text"]
+        assert result["answer"] is None and "is not numbers joined by" in result["answer_error"]  # digits: no sum
+
+
+def test_a_reading_that_is_arithmetic_is_answered_with_its_value():
+    from captcha_recognize.serve.app import reading
+    assert reading(Prediction("12+3=", 0.9, True), "m", True) == {
+        "text": "12+3=", "confidence": 0.9, "accept": True, "model": "m", "answer": 15, "answer_error": None}
+    assert reading(Prediction("12+3=", 0.9, True), "m", False) == {
+        "text": "12+3=", "confidence": 0.9, "accept": True, "model": "m"}

@@ -41,7 +41,7 @@ def flag_type(parse: Callable[[str], Any], rule: Rule | None = None) -> Callable
         try:
             value = parse(text)
         except ValueError as e:
-            expected = rule.what if rule else f"a {parse.__name__}"
+            expected = rule.what if rule else {"int": "an integer", "float": "a number"}.get(parse.__name__, "a value")
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}" if parse in (int, float)
                                              else str(e)) from None
         if rule is not None and not rule.ok(value):

@@ -25,6 +25,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--csv", metavar="FILE", help="write path, prediction, confidence, accept, label, correct per image")
     p.add_argument("--errors", metavar="PNG", help="write a contact sheet of the misread images")
     p.add_argument("--recursive", action="store_true", help="also read the images in the folders' subfolders")
+    p.add_argument("--answer", action="store_true",
+                   help="also give the value of each reading that is arithmetic (12+3=?, 8-5=, 10x6=), or say "
+                        "why there is none")
     p.add_argument("--min-confidence", type=probability, metavar="P",
                    help="accept readings of at least this confidence (default: the checkpoint's threshold; "
                         "without one every reading is accepted)")
@@ -48,7 +51,7 @@ def predict(args: argparse.Namespace) -> int:
     check_outputs(args)
     rec = CaptchaRecognizer(args.checkpoint, device=args.device, batch_size=args.batch_size,
                             min_confidence=args.min_confidence)
-    results = predict_files(rec, list_images(args.inputs, args.recursive))
+    results = predict_files(rec, list_images(args.inputs, args.recursive), args.answer)
     if not results:
         raise DataError(f"no readable images in {', '.join(map(shown, args.inputs))}")
     report = build_report(results)

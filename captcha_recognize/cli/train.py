@@ -9,11 +9,9 @@ from typing import Sequence
 
 from captcha_recognize import runtime
 from captcha_recognize.cli.common import Parser, flag_type, run
-from captcha_recognize.errors import ConfigError, UserError
-from captcha_recognize.training import TrainConfig, run_events
+from captcha_recognize.errors import ConfigError
+from captcha_recognize.training import TrainConfig, train
 from captcha_recognize.training.config import GROUPS, flags
-from captcha_recognize.training.selftrain import self_train
-from captcha_recognize.training.supervised import train_supervised
 
 
 def train_parser(suppress: bool = False) -> argparse.ArgumentParser:
@@ -58,16 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime.interrupt_on_sigterm()
 
     def work() -> int:
-        cfg = train_config(argv)
-        with run_events(cfg) as events:
-            try:
-                if cfg.unlabelled:
-                    self_train(cfg, events)
-                else:
-                    train_supervised(cfg, events)
-            except UserError as e:
-                events.quiet()("error", f"error: {e}")  # for a program reading the events; the console gets it once
-                raise
+        train(train_config(argv))
         return 0
     return run(work)
 

@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+MAX_PIXELS = 4_000_000  # an image's pixels, from its header: over it, refused before decoding
+MAX_FRAMES = 32  # frames of an animated image that are read
 
 
 class ImageTooLarge(ValueError):
@@ -43,24 +45,50 @@ def to_8bit(values: np.ndarray, top: int) -> np.ndarray:
     return np.clip(values * scale, 0, 255).round().astype(np.uint8)
 
 
-def open_image(src: ImageInput, max_pixels: int | None = None) -> Image.Image:
-    """A fully decoded PIL image from a path, bytes, PIL image or array.
+def open_image(src: ImageInput, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """A fully decoded PIL image from a path, bytes, PIL image or array; an animated one (GIF, APNG,
+    WebP) as the merge of its frames (``merge_frames``).
 
     Raises ``OSError`` / ``ValueError`` for empty, truncated or non-image input, and
     ``ImageTooLarge`` for an encoded image of more than ``max_pixels`` pixels, checked on its
-    header before any pixel is decoded (decompression bombs).
+    header before any pixel is decoded (decompression bombs; None: no limit).
     """
-    if isinstance(src, Image.Image):
-        return src
     if isinstance(src, np.ndarray):
         return array_to_image(src)
     if isinstance(src, (bytes, bytearray)):
         src = io.BytesIO(src)
-    img = Image.open(src)
+    img = src if isinstance(src, Image.Image) else Image.open(src)
     if max_pixels is not None and img.width * img.height > max_pixels:
         raise ImageTooLarge(f"{img.width}x{img.height} pixels is over the limit of {max_pixels} pixels")
+    if getattr(img, "n_frames", 1) > 1:
+        return merge_frames(img)
     img.load()  # decode now, so truncated files fail here
     return img
+
+
+def merge_frames(img: Image.Image) -> Image.Image:
+    """An animated captcha as one RGB image: at each pixel, the colour of the frame in which that pixel
+    stands out most from the frame's own background (its most common colour). Captchas that show
+    their characters one or a few at a time, or blink noise over them, then read as a whole; a still
+    frame gives the same image. At most ``MAX_FRAMES`` frames are read."""
+    best = score = None
+    for i in range(min(img.n_frames, MAX_FRAMES)):
+        img.seek(i)
+        frame = np.asarray(on_white(img.convert("RGBA")), dtype=np.int16)  # (H, W, 3)
+        colours, counts = np.unique(frame.reshape(-1, 3), axis=0, return_counts=True)
+        away = np.abs(frame - colours[counts.argmax()]).max(-1)  # (H, W): distance from the background
+        if best is None:
+            best, score = frame.copy(), away
+        else:
+            take = away > score
+            best[take], score = frame[take], np.maximum(score, away)
+    img.seek(0)
+    return Image.fromarray(best.astype(np.uint8), "RGB")
+
+
+def on_white(rgba: Image.Image) -> Image.Image:
+    """An RGBA image composited on white, as RGB."""
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 def eight_bit(img: Image.Image) -> Image.Image:

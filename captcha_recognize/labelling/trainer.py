@@ -53,6 +53,15 @@ def train_command(data: Path, ckpt: Path, arch: str, alphabet: str | None, train
             *(["--alphabet", alphabet] if alphabet else []), *train_args, "--events", "-"]
 
 
+def last_line(log: Path) -> str:
+    """The last line of a training's log, as the page shows a failure that sent no ``error`` event."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip()[:300] if lines else "no output"
+
+
 class Trainer:
     """Runs the training command line in a subprocess, follows its events and, when it succeeds,
     hands the new checkpoint to ``on_done`` (which returns a line to show). Its log (what a person
@@ -101,7 +110,8 @@ class Trainer:
             except Exception as e:  # a checkpoint that cannot be loaded is shown, not fatal
                 msg, state = f"could not use {ckpt.name}: {e}", "failed"
         else:
-            msg = self.now.message if self.now.message.startswith("error") else f"training stopped (exit {rc})"
+            msg = self.now.message if self.now.message.startswith("error") else \
+                f"training stopped (exit {rc}): {last_line(ckpt.with_suffix('.log'))}"
             state = "failed"
         with self.lock:
             self.now.state = state

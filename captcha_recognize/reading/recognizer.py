@@ -23,10 +23,13 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from captcha_recognize.data.folders import decode_files, warn_skipped
-from captcha_recognize.data.images import ImageInput, open_image
+from captcha_recognize.data.images import MAX_PIXELS, ImageInput, open_image
 from captcha_recognize.data.labels import parse_label
 from captcha_recognize.data.preprocess import image_to_array, images_to_array
 from captcha_recognize.reading.inference import infer
+from captcha_recognize.errors import MissingPackage
+from captcha_recognize.reading.answer import Answer
+from captcha_recognize.reading.answer import answer as evaluate
 from captcha_recognize.reading.onnx_file import OnnxModel
 
 CPU_CHUNK = 64  # images per worker task on the CPU
@@ -35,17 +38,23 @@ T, R = TypeVar("T"), TypeVar("R")
 
 @dataclass(frozen=True)
 class Prediction:
-    """One reading: the text, its calibrated confidence, and whether it clears the accept threshold."""
+    """One reading: the text, its calibrated confidence, whether it clears the accept threshold, and
+    when asked for, the value of an arithmetic reading (``answer.Answer``)."""
     text: str
     confidence: float
     accept: bool
+    answer: Answer | None = None
 
 
 def load_model(path: Path, device: str) -> Any:
     """The model behind a file: an ``.onnx`` export on onnxruntime, else a ``.pth`` checkpoint on PyTorch."""
     if path.suffix == ".onnx":
         return OnnxModel(path)
-    from captcha_recognize.reading.torch_model import TorchModel  # PyTorch only for PyTorch checkpoints
+    try:
+        from captcha_recognize.reading.torch_model import TorchModel  # PyTorch only for PyTorch checkpoints
+    except ModuleNotFoundError as e:
+        raise MissingPackage(f"{path} is a PyTorch checkpoint, and reading it needs {e.name}: pip install torch, "
+                             "or read an .onnx export of it (torch_model_export.py)") from None
     return TorchModel(path, device)
 
 
@@ -79,7 +88,7 @@ class CaptchaRecognizer:
         """Texts and confidences for uint8 images ``(N, C, H, W)`` already at the input size."""
         return list(zip(*infer(self.logits, self.converter, arrays, self.batch_size, self.temperature)))
 
-    def prepare(self, image: ImageInput, max_pixels: int | None = None) -> np.ndarray:
+    def prepare(self, image: ImageInput, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
         """One image as the model's uint8 input ``(C, H, W)``; see ``data.images.open_image`` for ``max_pixels``."""
         return image_to_array(open_image(image, max_pixels), self.preprocess)
 
@@ -109,13 +118,18 @@ class CaptchaRecognizer:
         """Read one image: ``(text, confidence)``."""
         return self.predict_batch([image])[0]
 
-    def predict_batch_details(self, images: Sequence[ImageInput]) -> list[Prediction]:
-        """``predict_batch`` with ``accept``: ``[Prediction(text, confidence, accept), ...]``."""
-        return [Prediction(t, c, self.accepts(c)) for t, c in self.predict_batch(images)]
+    def predict_batch_details(self, images: Sequence[ImageInput], answer: bool = False) -> list[Prediction]:
+        """``predict_batch`` with ``accept`` (and with ``answer``, each reading's arithmetic value):
+        ``[Prediction(text, confidence, accept, answer), ...]``."""
+        return [self.prediction(t, c, answer) for t, c in self.predict_batch(images)]
 
-    def predict_details(self, image: ImageInput) -> Prediction:
-        """Read one image: ``Prediction(text, confidence, accept)``."""
-        return self.predict_batch_details([image])[0]
+    def predict_details(self, image: ImageInput, answer: bool = False) -> Prediction:
+        """Read one image: ``Prediction(text, confidence, accept, answer)``."""
+        return self.predict_batch_details([image], answer)[0]
+
+    def prediction(self, text: str, confidence: float, answer: bool = False) -> Prediction:
+        """A reading as a ``Prediction``; with ``answer``, its value as arithmetic."""
+        return Prediction(text, confidence, self.accepts(confidence), evaluate(text) if answer else None)
 
     def label_of(self, path: str | os.PathLike) -> str | None:
         """The label in a file name, if it is one this model could read."""
@@ -123,9 +137,10 @@ class CaptchaRecognizer:
         return label if label is not None and self.converter.accepts(label) else None
 
 
-def predict_files(rec: CaptchaRecognizer, files: Sequence[Path]) -> list[dict[str, Any]]:
+def predict_files(rec: CaptchaRecognizer, files: Sequence[Path], answer: bool = False) -> list[dict[str, Any]]:
     """One result dict per readable file (unreadable ones are skipped with one warning):
-    ``path``, ``prediction``, ``confidence``, ``accept``, and ``label`` / ``correct`` when the name is a label."""
+    ``path``, ``prediction``, ``confidence``, ``accept``, ``label`` / ``correct`` when the name is a label,
+    and with ``answer`` the reading's arithmetic value (``answer``, or None and ``answer_error``)."""
     def run(part: Sequence[Path]) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
         images, ok, bad = decode_files(part)
         if not images:
@@ -136,6 +151,9 @@ def predict_files(rec: CaptchaRecognizer, files: Sequence[Path]) -> list[dict[st
             results.append({"path": str(path), "prediction": text, "confidence": round(conf, 6),
                             "accept": rec.accepts(conf), "label": label,
                             "correct": None if label is None else text == label})
+            if answer:
+                value = evaluate(text)
+                results[-1].update(answer=value.value, answer_error=value.why)
         return results, bad
     chunks = rec.map_chunks(run, files)
     warn_skipped([b for _, bad in chunks for b in bad])

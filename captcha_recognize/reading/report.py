@@ -30,6 +30,7 @@ def build_report(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 CSV_COLUMNS = ("path", "prediction", "confidence", "accept", "label", "correct")
+ANSWER_COLUMNS = ("answer", "answer_error")  # with --answer
 
 
 def write_csv(results: list[dict[str, Any]], path: str | os.PathLike) -> None:
@@ -37,9 +38,10 @@ def write_csv(results: list[dict[str, Any]], path: str | os.PathLike) -> None:
     def write(tmp) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             out = csv.writer(f)
-            out.writerow(CSV_COLUMNS)
+            columns = CSV_COLUMNS + (ANSWER_COLUMNS if results and "answer" in results[0] else ())
+            out.writerow(columns)
             for r in results:
-                out.writerow(["" if r[k] is None else shown(r[k]) if k == "path" else r[k] for k in CSV_COLUMNS])
+                out.writerow(["" if r[k] is None else shown(r[k]) if k == "path" else r[k] for k in columns])
     atomic_write(path, write)
 
 
@@ -55,11 +57,14 @@ def write_json(report: dict[str, Any], path: str) -> None:
 def format_results(results: list[dict[str, Any]]) -> str:
     """One line per image, then the accuracy report when file names are labels."""
     w = max(len(shown(r["path"])) for r in results)
-    lines = [f"{'file':<{w}}  {'prediction':<10} confidence accept"]
+    answers = "answer" in results[0]
+    lines = [f"{'file':<{w}}  {'prediction':<10} confidence accept" + (" answer" if answers else "")]
     for r in results:
         mark = "" if r["correct"] is None else ("  ok" if r["correct"] else f"  WRONG (label {r['label']})")
         accept = "yes" if r["accept"] else "no"
-        lines.append(f"{shown(r['path']):<{w}}  {r['prediction']:<10} {r['confidence']:>10.4f} {accept:<6}{mark}")
+        value = (f" {r['answer']}" if r["answer"] is not None else f" none ({r['answer_error']})") if answers else ""
+        row = f"{shown(r['path']):<{w}}  {r['prediction']:<10} {r['confidence']:>10.4f} {accept:<6}"
+        lines.append(row + value + mark)
     accepted = [r for r in results if r["accept"]]
     lines.append(f"\naccepted {len(accepted)} of {len(results)} readings")
     labelled = [r for r in results if r["label"] is not None]

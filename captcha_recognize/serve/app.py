@@ -26,6 +26,8 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
+from captcha_recognize.reading.answer import answer as evaluate
+from captcha_recognize.reading.recognizer import Prediction
 from captcha_recognize.serve.batcher import Batcher
 from captcha_recognize.serve.config import ServeConfig, config_from_env
 from captcha_recognize.serve.front import RECOGNIZE, Front, send_json
@@ -89,9 +91,9 @@ class Service:
                                    [(b"allow", b"POST")])
         t0 = time.perf_counter()
         try:
-            images, name = await request_images(scope, receive, self.cfg)
-            model = self.registry.get(name)
-            done = await self.batchers[model.name].submit(images, model.recognizer)
+            wanted = await request_images(scope, receive, self.cfg)
+            model = self.registry.get(wanted.model)
+            done = await self.batchers[model.name].submit(wanted.images, model.recognizer)
         except ClientGone:
             raise
         except RequestError as e:
@@ -99,8 +101,7 @@ class Service:
         except Exception as e:
             log.exception("recognize failed")
             return await send_json(send, 500, {"error": f"internal error: {str(e)[:200] or type(e).__name__}"})
-        readings = [{"text": p.text, "confidence": p.confidence, "accept": p.accept, "model": model.name}
-                    for p in done.predictions]
+        readings = [reading(p, model.name, wanted.answer) for p in done.predictions]
         timing = {"decode_ms": done.decode_ms, "queue_ms": done.queue_ms, "model_ms": done.model_ms,
                   "total_ms": 1000 * (time.perf_counter() - t0), "batch_images": done.batch_images}
         try:
@@ -109,11 +110,21 @@ class Service:
             await send_json(send, 500, {"error": "internal error: the model's confidence is not a number"})
 
 
+def reading(p: Prediction, model: str, answer: bool) -> dict[str, Any]:
+    """One image's part of the answer (``schemas.Reading``); with ``answer`` the value of arithmetic."""
+    out = {"text": p.text, "confidence": p.confidence, "accept": p.accept, "model": model}
+    if answer:
+        value = evaluate(p.text)
+        out.update(answer=value.value, answer_error=value.why)
+    return out
+
+
 RECOGNIZE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "file": {"type": "array", "items": {"type": "string", "format": "binary"},
                  "description": "one or more image files (any field name)"},
-        "model": {"type": "string"}}}},
+        "model": {"type": "string"},
+        "answer": {"type": "boolean", "description": "also give the value of arithmetic readings"}}}},
     "application/json": {"schema": RecognizeJSON.model_json_schema()}}}}
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 405, 413, 415)}
 

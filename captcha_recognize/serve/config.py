@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 
+from captcha_recognize.data.images import MAX_PIXELS
 from captcha_recognize.errors import ConfigError
 from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT
 
@@ -24,7 +25,7 @@ class ServeConfig:
     max_batch: int = 64  # images in a model's forward passes at once
     max_wait_ms: float = 5.0  # how long a forward pass waits at most for more requests to join it
     max_bytes: int = 1_000_000  # request body limit
-    max_pixels: int = 4_000_000  # per image, from its header, before decoding
+    max_pixels: int = MAX_PIXELS  # per image, from its header, before decoding
     max_images: int = 64  # per request
     api_key_env: str | None = None  # environment variable holding the API key
     reload_interval: float = 1.0  # seconds between checks of the model files

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -51,8 +52,8 @@ async def read_body(receive: Callable[[], Awaitable[dict]], headers: dict[bytes,
             return b"".join(chunks)
 
 
-def parse_json(body: bytes) -> tuple[list[bytes], str | None]:
-    """Images and model name of a JSON request."""
+def parse_json(body: bytes) -> tuple[list[bytes], dict[str, Any]]:
+    """Images and options (``model``, ``answer``) of a JSON request."""
     try:
         req = RecognizeJSON.model_validate_json(body)
     except ValidationError as e:
@@ -63,7 +64,7 @@ def parse_json(body: bytes) -> tuple[list[bytes], str | None]:
         raise RequestError(400, f"bad JSON request: {where}: {err['msg']} "
                                 '(expected {"image": <base64> | [<base64>, ...], "model": "name"})') from None
     images = [req.image] if isinstance(req.image, str) else req.image
-    return [b64_image(s, i) for i, s in enumerate(images)], req.model
+    return [b64_image(s, i) for i, s in enumerate(images)], {"model": req.model, "answer": req.answer}
 
 
 def b64_image(text: str, index: int) -> bytes:
@@ -76,9 +77,9 @@ def b64_image(text: str, index: int) -> bytes:
         raise RequestError(400, f"image {index + 1} is not valid base64") from None
 
 
-def parse_multipart(content_type: str, body: bytes, max_images: int) -> tuple[list[bytes], str | None]:
-    """Images (every file part, in order) and the ``model`` field of a multipart/form-data body
-    (RFC 7578), split in memory: the body is already within ``--max-bytes``."""
+def parse_multipart(content_type: str, body: bytes, max_images: int) -> tuple[list[bytes], dict[str, Any]]:
+    """Images (every file part, in order) and the ``model`` and ``answer`` fields of a multipart/form-data
+    body (RFC 7578), split in memory: the body is already within ``--max-bytes``."""
     boundary = parse_options_header(content_type)[1].get(b"boundary")
     if not boundary:
         raise RequestError(400, "malformed multipart body: no boundary in its Content-Type")
@@ -87,7 +88,7 @@ def parse_multipart(content_type: str, body: bytes, max_images: int) -> tuple[li
     first, last = body.find(delimiter), body.rfind(delimiter + b"--")
     if first < 0 or last < 0:
         raise RequestError(400, "malformed multipart body: its boundary does not open and close it")
-    images, model = [], None
+    images, options_given = [], {}
     for part in body[first + len(delimiter):last].split(delimiter):
         head, blank, data = part.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
@@ -99,18 +100,32 @@ def parse_multipart(content_type: str, body: bytes, max_images: int) -> tuple[li
             images.append(data)
             if len(images) > max_images:
                 raise too_many(max_images)
-        elif options.get(b"name") == b"model":
-            model = data.decode("utf-8", "replace")
-    return images, model
+        elif options.get(b"name") in (b"model", b"answer"):
+            options_given[options[b"name"].decode()] = data.decode("utf-8", "replace")
+    return images, options_given
 
 
 def too_many(limit: int) -> RequestError:
     return RequestError(413, f"too many images in one request: the limit is {limit} (--max-images)")
 
 
-async def request_images(scope: dict, receive: Callable[[], Awaitable[dict]],
-                         cfg: ServeConfig) -> tuple[list[bytes], str | None]:
-    """The images and model name of a recognize request (ASGI), in either form."""
+@dataclass
+class Recognize:
+    """What a recognize request asks for: its images (encoded), the model's name (None: the first
+    served), and whether to give the value of arithmetic readings."""
+    images: list[bytes]
+    model: str | None = None
+    answer: bool = False
+
+
+def yes(value: Any) -> bool:
+    """A form or query field's truth: ``1``, ``true``, ``yes``, ``on`` (any case)."""
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+async def request_images(scope: dict, receive: Callable[[], Awaitable[dict]], cfg: ServeConfig) -> Recognize:
+    """The images and options of a recognize request (ASGI), in either form; the query string
+    (``?model=NAME&answer=1``) supplies the options the body leaves out."""
     headers = dict(scope["headers"])
     body = await read_body(receive, headers, cfg.max_bytes)
     content_type = headers.get(b"content-type", b"").decode("latin-1")
@@ -118,9 +133,9 @@ async def request_images(scope: dict, receive: Callable[[], Awaitable[dict]],
     if not body:
         raise RequestError(400, "empty request body: send multipart files or JSON {\"image\": <base64>}")
     if kind == "application/json":
-        images, model = parse_json(body)
+        images, options = parse_json(body)
     elif kind == "multipart/form-data":
-        images, model = parse_multipart(content_type, body, cfg.max_images)
+        images, options = parse_multipart(content_type, body, cfg.max_images)
     else:
         raise RequestError(415, f"unsupported content type {kind or 'none'!r}: send multipart/form-data "
                                 "or application/json")
@@ -131,8 +146,9 @@ async def request_images(scope: dict, receive: Callable[[], Awaitable[dict]],
     for i, data in enumerate(images):
         if not data:
             raise RequestError(400, f"{image_name(i, len(images))} is empty")
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return images, model or query.get("model", [None])[-1]
+    query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+    return Recognize(images, options.get("model") or query.get("model"),
+                     yes(options.get("answer") or query.get("answer", False)))
 
 
 def image_name(i: int, n: int) -> str:

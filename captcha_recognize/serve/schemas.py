@@ -8,6 +8,7 @@ class RecognizeJSON(BaseModel):
     """The JSON form of a request."""
     image: str | list[str] = Field(description="base64 image (a data: URL is fine), or a list of them")
     model: str | None = Field(None, description="model name (default: the first model served)")
+    answer: bool = Field(False, description="also give the value of each reading that is arithmetic (12+3=?)")
 
 
 class Reading(BaseModel):
@@ -15,6 +16,9 @@ class Reading(BaseModel):
     confidence: float = Field(description="calibrated: of the answers given at 0.9, about 90% are right")
     accept: bool = Field(description="confidence at or above the model's accept threshold (always, without one)")
     model: str
+    answer: int | float | None = Field(None, description="with answer=true: the value of an arithmetic reading, or "
+                                             "null when the reading is none (then answer_error says why)")
+    answer_error: str | None = Field(None, description="with answer=true: why the reading has no value")
 
 
 class Timing(BaseModel):

@@ -14,9 +14,11 @@ read by a model that never saw it), ``events`` (what a run reports), ``distribut
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Iterator
 
+from captcha_recognize.errors import UserError
 from captcha_recognize.runtime import check_writable
 from captcha_recognize.training.config import TrainConfig
 from captcha_recognize.training.events import Events, Listener, json_lines
@@ -34,12 +36,16 @@ def train(cfg: TrainConfig, on_event: Listener | None = None) -> TrainResult:
 
     Raises ``ConfigError`` for settings that cannot work (before anything is read), ``DataError``
     for unusable data, ``CheckpointError`` for a bad checkpoint and ``OutputBusy`` when another
-    run is writing the same ``out``.
+    run is writing the same ``out``; the events get an ``error`` event first.
     """
     with run_events(cfg, on_event) as events:
-        if cfg.unlabelled:
-            return self_train(cfg, events)
-        return train_supervised(cfg, events)
+        try:
+            if cfg.unlabelled:
+                return self_train(cfg, events)
+            return train_supervised(cfg, events)
+        except UserError as e:
+            events.quiet()("error", f"error: {e}")  # the caller says it on the console: said once
+            raise
 
 
 @contextlib.contextmanager
@@ -49,6 +55,9 @@ def run_events(cfg: TrainConfig, on_event: Listener | None = None) -> Iterator[E
     listeners = [on_event] if on_event is not None else []
     console = None if cfg.quiet else sys.stderr if cfg.events == "-" else sys.stdout
     with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) > 0:  # under torchrun the first process speaks for all
+            yield Events(None)
+            return
         if cfg.events == "-":
             listeners.append(json_lines(sys.stdout))
         elif cfg.events:

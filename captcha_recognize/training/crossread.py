@@ -16,8 +16,7 @@ from captcha_recognize.data.labels import LabelRules, name_text
 from captcha_recognize.errors import DataError
 from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
 from captcha_recognize.training.config import TrainConfig
-from captcha_recognize.training.events import Events
-from captcha_recognize.training.supervised import train_supervised
+from captcha_recognize.training import train
 from captcha_recognize.training.task import choose_arch, label_rules
 
 
@@ -46,7 +45,7 @@ def train_on(files: Sequence[Path], cfg: TrainConfig, out: Path) -> float:
     """Train ``cfg`` quietly on ``files`` into ``out``; returns the wall time in seconds, reading
     the images included."""
     t0 = time.perf_counter()
-    train_supervised(replace(cfg, data=[str(f) for f in files], out=str(out), plot="none", quiet=True), Events(None))
+    train(replace(cfg, data=[str(f) for f in files], out=str(out), plot="none", quiet=True))
     return time.perf_counter() - t0
 
 

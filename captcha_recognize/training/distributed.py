@@ -28,7 +28,8 @@ class ProcessGroup:
         return self.rank == 0
 
     def setup(self, device: torch.device) -> torch.device:
-        """Join the process group (NCCL on CUDA, Gloo on CPU); returns this rank's device."""
+        """Join the process group (NCCL on CUDA, Gloo on CPU); this rank's device (``self.device``, returned)."""
+        self.device = device
         if not self.enabled:
             return device
         if device.type == "cuda":

@@ -17,8 +17,9 @@ Listener = Callable[[Event], None]
 class Events:
     """Where one run's events go: ``console`` (a stream for their text, None: not shown) and ``listeners``."""
 
-    def __init__(self, console: IO[str] | None = sys.stdout, listeners: list[Listener] | None = None):
-        self.console, self.listeners = console, list(listeners or [])
+    def __init__(self, console: IO[str] | None | str = "stdout", listeners: list[Listener] | None = None):
+        self.console = sys.stdout if console == "stdout" else console  # the stream of now, not of the import
+        self.listeners = list(listeners or [])
 
     def __call__(self, event: str, text: str = "", **fields: Any) -> None:
         """Report ``event`` with its ``text`` and ``fields``."""

@@ -43,7 +43,6 @@ def default_budget(n_train: int) -> float:
     return max(MIN_BUDGET, BUDGET_PER_1000 * n_train / 1000)
 
 
-
 def epochs_in_budget(planned: int, done: int, seconds_per_epoch: float, budget_left: float) -> int:
     """How many epochs the schedule can hold: ``planned``, or fewer when they would overrun."""
     if seconds_per_epoch <= 0:

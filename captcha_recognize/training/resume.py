@@ -62,13 +62,13 @@ def with_resumed(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
         if explicit and f.name in RESUME_CONFLICTS and f.name in stored and not same_setting(f.name, mine, theirs):
             raise ConfigError(f.name, f"{mine} differs from the resumed run's {theirs} ({path}): leave it out to "
                                       "continue that run, or give another --out to start a new one")
-        merged[f.name] = mine if explicit or f.name not in stored else theirs
+        keep_mine = explicit and not (f.name == "arch" and mine == "auto")  # auto: the run's own pick
+        merged[f.name] = mine if keep_mine or f.name not in stored else theirs
     merged["resume"] = str(path)
     if merged["epochs"] is not None and merged["epochs"] < ckpt["epoch"]:
         raise ConfigError("epochs", f"the resumed run has already trained {plural(ckpt['epoch'], 'epoch')}: give "
                                     f"at least {ckpt['epoch']}, more to extend it")
     return TrainConfig(**merged), ckpt
-
 
 
 def resumed_cycles(resume: dict[str, Any], epochs: int, lr: float) -> tuple[list[Cycle], int, int]:

@@ -33,8 +33,6 @@ def is_best(s: dict[str, Any], best: dict[str, Any], epoch: int, epochs: int) ->
         and s["character_accuracy"] >= best.get("character_accuracy", -1))
 
 
-
-
 class BestSaver:
     """Picks the best epoch (``is_best``) and writes the save points of one run to ``out`` (the best
     epoch's weights, as when that epoch ended) and ``<out>_last.pth`` (the latest state, to resume).

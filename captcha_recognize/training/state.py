@@ -37,7 +37,6 @@ def replan(sched: torch.optim.lr_scheduler.OneCycleLR, peak_lr: float,
     return fresh
 
 
-
 class EMA:
     """Exponential moving average of a model's weights and BatchNorm statistics.
 

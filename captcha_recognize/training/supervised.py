@@ -336,7 +336,7 @@ def conclude(attempt: Attempt, advise: bool) -> TrainResult:
         run.events.note(advice)
     if run.group.main:
         finish(attempt)
-    run.events("done", epochs_trained=trained, seconds=seconds, best=saver.best, out=cfg.out)  # the last event
+    run.events("done", epochs_trained=trained, seconds=seconds, best=saver.best, out=cfg.out)  # a run's last event
     return TrainResult(Path(cfg.out), saver.best, cfg, seconds, attempt.history, validation=run.val, advice=advice)
 
 
