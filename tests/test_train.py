@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from captcha_recognize.reading.checkpoint import load_checkpoint
 from conftest import run_script
 from captcha_recognize.training.recipe import DEFAULT_LR, EMA_DECAY, default_epochs
 from captcha_recognize.training.state import EMA
+from captcha_recognize.errors import DataError
 from captcha_recognize.training import TrainConfig, train
 from captcha_recognize.training.saver import is_best
 
@@ -369,3 +372,43 @@ def test_fine_tuning_with_another_input_size_says_it_keeps_the_checkpoints(fresh
     assert "note: using the checkpoint's input size 50x22, not --img-size 60x24" in said
     assert "arch auto: cnn, as the --init-from checkpoint is one" in said and "architecture" not in said
     assert load_checkpoint(out)["preprocess"]["width"] == 50
+
+
+@pytest.mark.slow
+def test_a_flag_given_on_resume_is_checked_even_when_it_equals_its_default(interrupted):
+    from captcha_recognize.cli.train import train_config
+    from captcha_recognize.errors import ConfigError
+    out, last = interrupted  # trained with --seed 4 and --batch-size 16
+    with pytest.raises(ConfigError, match="--seed: 0 differs from the resumed run's 4"):
+        train(train_config(["--resume", str(last), "--seed", "0"]))
+    with pytest.raises(ConfigError, match="--batch-size: 32 differs from the resumed run's 16"):
+        train(train_config(["--resume", str(last), "--batch-size", "32"]))
+    assert train_config(["--resume", str(last), "--seed", "0"]).given == ("resume", "seed")
+
+
+@pytest.mark.slow
+def test_resume_with_arch_auto_continues_the_runs_own_architecture(interrupted, capsys):
+    from captcha_recognize.cli.train import train_config
+    out, last = interrupted
+    result = train(train_config(["--resume", str(last), "--arch", "auto", "--show-errors", "0"]))
+    said = capsys.readouterr().out
+    assert result.config.arch == "cnn" and "resuming at epoch 3 of 3" in said
+    assert "--init-from" not in said and "arch auto" not in said
+
+
+@pytest.mark.slow
+def test_events_go_to_a_file_and_to_a_callback_and_an_error_is_one(digits_dir, tmp_path):
+    seen = []
+    cfg = TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=2, out=str(tmp_path / "m.pth"), plot="none",
+                      events=str(tmp_path / "events.jsonl"), quiet=True)
+    train(cfg, on_event=seen.append)
+    written = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert written == json.loads(json.dumps(seen))  # the same events, as JSON
+    kinds = [e["event"] for e in written]
+    assert kinds.index("start") < kinds.index("epoch") and kinds.count("epoch") == 2 and kinds[-1] == "done"
+    assert [e["epoch"] for e in written if e["event"] == "epoch"] == [1, 2]
+    assert written[-1]["epochs_trained"] == 2 and written[-1]["out"] == str(tmp_path / "m.pth")
+    errors = []
+    with pytest.raises(DataError):
+        train(replace(cfg, data=[str(tmp_path / "none")], events=None), on_event=errors.append)
+    assert [e["event"] for e in errors] == ["error"] and errors[0]["text"].startswith("error: no such file")
