@@ -2,6 +2,7 @@
 from a flag) and the command lines (which turn a bad value into one line naming the flag)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,11 +16,12 @@ class Rule:
 
 POSITIVE_INT = Rule(lambda v: v >= 1, "an integer >= 1")
 NON_NEGATIVE_INT = Rule(lambda v: v >= 0, "an integer >= 0")
-POSITIVE = Rule(lambda v: v > 0, "a number > 0")
-NON_NEGATIVE = Rule(lambda v: v >= 0, "a number >= 0")
+POSITIVE = Rule(lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+NON_NEGATIVE = Rule(lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 FRACTION = Rule(lambda v: 0 <= v < 1, "a number in [0, 1)")
 PROBABILITY = Rule(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 OPEN_PROBABILITY = Rule(lambda v: 0 < v <= 1, "a number in (0, 1]")
+PORT = Rule(lambda v: 1 <= v <= 65535, "a port number in [1, 65535]")
 
 
 def image_size(text: str) -> tuple[int, int]:

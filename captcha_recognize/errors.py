@@ -28,6 +28,11 @@ class MissingPackage(UserError, ImportError):
     status = EXIT_UNREADABLE
 
 
+class Diverged(UserError, ArithmeticError):
+    """Training's loss became NaN or infinite: nothing of that epoch is saved."""
+    status = EXIT_UNREADABLE
+
+
 class ConfigError(UserError, ValueError):
     """A setting that cannot work, found before anything is loaded: ``--flag: what is wrong``."""
     status = EXIT_USAGE

@@ -9,7 +9,7 @@ from captcha_recognize.reading.calibration import (ACCEPT_NONE, Calibration, acc
                                                    expected_calibration_error, fit_temperature, held_out_report,
                                                    precision_floor)
 from captcha_recognize.reading.spec import ModelSpec
-from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint
+from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint, seal
 from conftest import run_script
 from captcha_recognize.data.codec import LabelConverter
 from captcha_recognize.data.folders import list_images
@@ -105,7 +105,7 @@ def test_held_out_report_counts_the_accepted():
 def calibrated(fresh_ckpt, tmp_path, temperature: float, threshold: float | None):
     """A copy of ``fresh_ckpt`` carrying the given calibration, as training stores it."""
     out = tmp_path / "cal.pth"
-    atomic_save({**load_checkpoint(fresh_ckpt), "temperature": temperature, "threshold": threshold}, out)
+    atomic_save(seal({**load_checkpoint(fresh_ckpt), "temperature": temperature, "threshold": threshold}), out)
     return out
 
 

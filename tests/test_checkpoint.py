@@ -8,7 +8,7 @@ import torch
 
 from captcha_recognize.errors import CheckpointError
 from captcha_recognize.reading.spec import ModelSpec
-from captcha_recognize.reading.checkpoint import build_from_checkpoint, load_checkpoint
+from captcha_recognize.reading.checkpoint import build_from_checkpoint, checkpoint_dict, load_checkpoint, seal
 from conftest import fresh_checkpoint, run_script
 from captcha_recognize.data.folders import list_images, load_images
 from captcha_recognize.data.arrays import to_arrays
@@ -52,7 +52,8 @@ def load_as_saved(ckpt: dict, saved_args: dict, build_args: dict, tmp_path) -> C
     """Save weights built from ``build_args`` with ``saved_args`` as model_args, as an older version
     would have; load them; check that the weights came back and read as the saved model does."""
     old = build_model(ModelConfig(**build_args)).eval()
-    older = {k: v for k, v in ckpt.items() if k not in ("weights_sha256", "case", "label_map")}  # not saved then
+    unsaved_then = ("weights_sha256", "sha256", "case", "label_map")
+    older = {k: v for k, v in ckpt.items() if k not in unsaved_then}
     torch.save({**older, "model_args": saved_args, "model": old.state_dict()}, tmp_path / "old.pth")
     rec = CaptchaRecognizer(tmp_path / "old.pth")
     loaded = build_from_checkpoint(load_checkpoint(tmp_path / "old.pth")).state_dict()
@@ -115,7 +116,7 @@ def test_missing_foreign_and_corrupt_checkpoints_exit_2(tmp_path, digits_dir):
 def test_weights_that_do_not_fit_the_config_are_a_checkpoint_error(fresh_ckpt, tmp_path):
     ckpt = load_checkpoint(fresh_ckpt)
     ckpt["model_args"]["n_positions"] = 5
-    torch.save(ckpt, tmp_path / "mismatch.pth")
+    torch.save(seal(ckpt), tmp_path / "mismatch.pth")  # sealed as it is: a file this toolkit wrote wrongly
     with pytest.raises(CheckpointError, match="do not fit"):
         CaptchaRecognizer(tmp_path / "mismatch.pth")
 
@@ -154,11 +155,37 @@ def flip_weight_byte(src, dst, needle: bytes) -> None:
 
 def test_a_flipped_byte_in_the_weights_is_a_one_line_error(fresh_ckpt, tmp_path):
     ckpt = load_checkpoint(fresh_ckpt)
-    assert len(ckpt["weights_sha256"]) == 64
+    assert len(ckpt["weights_sha256"]) == len(ckpt["sha256"]) == 64
     bad = tmp_path / "flipped.pth"
     flip_weight_byte(fresh_ckpt, bad, b"data/0")  # torch.save keeps each tensor's bytes in data/N
-    with pytest.raises(CheckpointError, match="corrupted: its weights do not match"):
+    with pytest.raises(CheckpointError, match="corrupted: its weights or what reading needs"):
         load_checkpoint(bad)
+    older = {k: v for k, v in torch.load(bad, weights_only=True).items() if k != "sha256"}  # before the full seal
+    torch.save(older, tmp_path / "older.pth")
+    with pytest.raises(CheckpointError, match="corrupted: its weights do not match"):
+        load_checkpoint(tmp_path / "older.pth")
+
+
+@pytest.mark.parametrize("key, value", [("threshold", 0.01), ("alphabet", "0123456798"), ("temperature", 0.5),
+                                        ("preprocess", {"width": 50, "height": 22, "channels": 1, "ink": []})])
+def test_a_changed_setting_that_reading_depends_on_is_refused(fresh_ckpt, tmp_path, key, value):
+    raw = torch.load(fresh_ckpt, weights_only=True)
+    torch.save({**raw, key: value}, tmp_path / "changed.pth")  # a flipped bit, or a hand edit
+    with pytest.raises(CheckpointError, match="what reading needs"):
+        load_checkpoint(tmp_path / "changed.pth")
+    torch.save({**raw, "epoch": 99, "config": {"seed": 5}}, tmp_path / "notes.pth")  # what reading ignores
+    assert load_checkpoint(tmp_path / "notes.pth")["epoch"] == 99
+
+
+def test_weights_that_are_not_finite_are_never_saved_nor_loaded(fresh_ckpt, tmp_path):
+    from captcha_recognize.reading.spec import ModelSpec
+    ckpt = load_checkpoint(fresh_ckpt)
+    ckpt["model"]["features.0.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"not finite \(features.0.weight\).*they were not saved"):
+        checkpoint_dict(ckpt["model"], ckpt["model_args"], ModelSpec.from_checkpoint(ckpt))
+    torch.save(seal(ckpt), tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"not finite \(features.0.weight\): the training diverged"):
+        CaptchaRecognizer(tmp_path / "nan.pth")
 
 
 def test_a_flipped_byte_in_an_onnx_export_is_refused(fresh_ckpt, tmp_path):

@@ -21,6 +21,13 @@ from captcha_recognize.labelling.store import Store
 CLIENT = {"client": "tab-a"}
 
 
+def page_client(app) -> TestClient:
+    """The page's API as the page itself calls it: on 127.0.0.1, with this start's token."""
+    client = TestClient(app, base_url="http://127.0.0.1:8001")
+    client.headers["X-Labelling-Token"] = app.state.token
+    return client
+
+
 def raw_folder(tmp_path: Path, digits_dir: Path, n: int = 6) -> Path:
     """``n`` captchas named ``img_<i>.png`` and one unreadable file."""
     raw = tmp_path / "raw"
@@ -35,7 +42,7 @@ def raw_folder(tmp_path: Path, digits_dir: Path, n: int = 6) -> Path:
 def page(tmp_path, digits_dir, fresh_ckpt):
     settings = Settings(mode="label", source=raw_folder(tmp_path, digits_dir), out=tmp_path / "out",
                         checkpoint=fresh_ckpt, alphabet="0123456789")
-    with TestClient(create_app(Session(settings))) as client:
+    with page_client(create_app(Session(settings))) as client:
         yield client
 
 
@@ -90,7 +97,7 @@ def test_review_keeps_names_with_skip_and_renames_with_a_label(tmp_path, digits_
     session = Session(Settings(mode="review", out=folder))
     session.store.add_review([{"path": a, "label": parse_label(a), "prediction": "9999", "confidence": 0.9},
                               {"path": b, "label": parse_label(b), "prediction": "8888", "confidence": 0.5}])
-    with TestClient(create_app(session)) as page:
+    with page_client(create_app(session)) as page:
         assert page.get("/api/status").json()["mode"] == "review"
         first, second = page.post("/api/claim", json={**CLIENT, "n": 2}).json()["items"]
         assert (first["name"], first["named"], first["proposal"]) == (a.name, parse_label(a), "9999")
@@ -189,7 +196,7 @@ def test_what_would_stop_the_page_is_one_line_before_it_starts(tmp_path, digits_
 def test_the_train_button_trains_on_the_output_and_reorders_the_rest(tmp_path, digits_dir, fresh_ckpt):
     settings = Settings(mode="label", source=raw_folder(tmp_path, digits_dir, 40), out=tmp_path / "out",
                         checkpoint=fresh_ckpt, train_args=["--epochs", "2"])
-    with TestClient(create_app(session := Session(settings))) as page:
+    with page_client(create_app(session := Session(settings))) as page:
         truth = {f"img_{i}.png": parse_label(f) for i, f in enumerate(list_images([digits_dir])[:40])}
         for _ in range(3):
             for item in page.post("/api/claim", json={**CLIENT, "n": 8}).json()["items"]:
@@ -207,7 +214,7 @@ def test_the_train_button_trains_on_the_output_and_reorders_the_rest(tmp_path, d
     after = Store(state_path(tmp_path / "out"), "label", tmp_path / "out").todo()
     assert {r.id: r.confidence for r in after} != before  # proposals re-read by the new model
     assert [r.confidence for r in after] == sorted(r.confidence for r in after)
-    with TestClient(create_app(Session(Settings(mode="label", source=settings.source, out=settings.out)))) as page:
+    with page_client(create_app(Session(Settings(mode="label", source=settings.source, out=settings.out)))) as page:
         assert page.get("/api/status").json()["model"] == "model-1.pth"  # a restart resumes with it
 
 
@@ -222,3 +229,52 @@ def test_review_mode_cross_reads_and_queues_the_disagreements(tmp_path, digits_d
     rows = session.store.todo()
     assert len(rows) == n and all(r.named != r.proposal for r in rows)
     assert [r.confidence for r in rows] == sorted((r.confidence for r in rows), reverse=True)
+
+
+def test_another_site_can_neither_change_nor_read_the_state(page):
+    token = page.headers.pop("X-Labelling-Token")
+    assert f'content="{token}"' in page.get("/").text  # the page carries this start's token
+    claim = {**CLIENT, "n": 1}
+    r = page.post("/api/train", json={})
+    assert r.status_code == 403 and "token" in r.json()["detail"]  # a form or fetch from any site: no token
+    assert page.post("/api/claim", json=claim, headers={"X-Labelling-Token": "guess"}).status_code == 403
+    r = page.post("/api/claim", json=claim, headers={"X-Labelling-Token": token, "Origin": "https://evil.example"})
+    assert r.status_code == 403 and "another site" in r.json()["detail"]
+    rebound = page.get("/api/status", headers={"Host": "evil.example:8001"})  # DNS rebinding: its name, our address
+    assert rebound.status_code == 403 and "127.0.0.1 or localhost only" in rebound.json()["detail"]
+    assert page.post("/api/claim", json=claim, headers={"X-Labelling-Token": token,
+                                                       "Origin": "http://127.0.0.1:8001"}).status_code == 200
+    assert page.post(f"/api/release?token={token}", json=CLIENT).status_code == 200  # the page's beacon
+    assert page.get("/api/status", headers={"Host": "localhost:8001"}).status_code == 200
+
+
+def test_impossible_ids_and_labels_too_long_for_a_file_name_are_4xx(tmp_path, digits_dir):
+    settings = Settings(mode="label", source=raw_folder(tmp_path, digits_dir), out=tmp_path / "out")  # any letters
+    with page_client(create_app(Session(settings))) as page:
+        item = page.post("/api/claim", json={**CLIENT, "n": 1}).json()["items"][0]
+        for bad in (2 ** 63, -1, 10 ** 30):
+            assert page.post("/api/skip", json={**CLIENT, "id": bad}).status_code == 422
+            assert page.get(f"/api/image/{bad}").status_code == 422
+        assert page.post("/api/claim", json={**CLIENT, "keep": [2 ** 64]}).status_code == 422
+        r = page.post("/api/label", json={**CLIENT, "id": item["id"], "label": "𝟗" * 90})  # 360 bytes as UTF-8
+        assert r.status_code == 422 and "too long for a file name (360 bytes" in r.json()["detail"]
+        assert page.post("/api/label", json={**CLIENT, "id": item["id"], "label": "𝟗" * 50}).status_code == 200
+
+
+def test_a_source_gone_or_an_output_that_cannot_be_written_is_a_409_and_nothing_is_lost(tmp_path, digits_dir):
+    from captcha_recognize.labelling import store as labelstore
+    settings = Settings(mode="label", source=raw_folder(tmp_path, digits_dir), out=tmp_path / "out")
+    with page_client(create_app(session := Session(settings))) as page:
+        first, second = page.post("/api/claim", json={**CLIENT, "n": 2}).json()["items"]
+        source = session.store.item(first["id"]).path
+        source.unlink()  # deleted while shown
+        r = page.post("/api/label", json={**CLIENT, "id": first["id"], "label": "1234"})
+        assert r.status_code == 409 and f"{source.name} is no longer in" in r.json()["detail"]
+        def read_only(src, dest):  # the output folder on a read-only disk (root writes a chmod-ed folder)
+            raise PermissionError(13, "Permission denied", str(dest))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(labelstore, "copy_atomically", read_only)
+            r = page.post("/api/label", json={**CLIENT, "id": second["id"], "label": "5678"})
+        assert r.status_code == 409 and r.json()["detail"].endswith("Permission denied; nothing was saved")
+        assert page.post("/api/label", json={**CLIENT, "id": second["id"], "label": "5678"}).status_code == 200
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["5678.png"]

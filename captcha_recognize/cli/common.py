@@ -56,6 +56,7 @@ non_negative_int = flag_type(int, checks.NON_NEGATIVE_INT)
 positive_float = flag_type(float, checks.POSITIVE)
 non_negative_float = flag_type(float, checks.NON_NEGATIVE)
 probability = flag_type(float, checks.PROBABILITY)
+port = flag_type(int, checks.PORT)
 image_size = flag_type(checks.image_size)
 
 

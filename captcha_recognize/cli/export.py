@@ -7,13 +7,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from captcha_recognize.cli.common import Parser, positive_int, run
+from captcha_recognize.checks import Rule
+from captcha_recognize.cli.common import Parser, flag_type, run
 from captcha_recognize.errors import MissingPackage
 from captcha_recognize.reading.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from captcha_recognize.reading.export import (INT8_MIN_AGREEMENT, calibration_arrays, calibration_inputs, export_int8,
                                               export_onnx, verified, verify)
 from captcha_recognize.reading.spec import ModelSpec
 from captcha_recognize.runtime import check_writable
+
+
+OPSETS = Rule(lambda v: 9 <= v <= 20, "an opset from 9 (the GRU's) to 20 (the newest this exporter writes)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -28,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibrate", nargs="+", metavar="INPUT",
                    help="images to calibrate int8 activation ranges on (default: the checkpoint's "
                         "training data if it is still there, else the --verify images)")
-    p.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset version")
+    p.add_argument("--opset", type=flag_type(int, OPSETS), default=17, metavar="N", help="ONNX opset version")
     return p.parse_args(argv)
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from captcha_recognize.cli.common import Parser, positive_int, run
+from captcha_recognize.cli.common import Parser, port, positive_int, run
 from captcha_recognize.cli.train import train_args
 from captcha_recognize.data.folders import labelled_files, list_images, load_images
 from captcha_recognize.errors import DataError
@@ -29,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--review", metavar="DIR", help="review the names of a labelled folder instead")
     p.add_argument("--checkpoint", metavar="CKPT", help="model that proposes readings and orders the queue "
                                                         "(default: the page's latest training, if any)")
-    p.add_argument("--port", type=positive_int, default=8001, help="port on 127.0.0.1")
+    p.add_argument("--port", type=port, default=8001, help="port on 127.0.0.1")
     p.add_argument("--alphabet", help="the characters a label may have (default: letters and digits)")
     p.add_argument("--arch", choices=["auto", "cnn", "crnn"], default="auto",
                    help="model family trained from the page before there is a model, and for --review")

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from captcha_recognize.cli.common import Parser, image_size, positive_int, run
+from captcha_recognize.data.images import MAX_PIXELS
 from captcha_recognize.data.synthetic import generate
+from captcha_recognize.labelling.files import FILE_NAME_FORBIDDEN
+from captcha_recognize.runtime import check_writable
 
 DEFAULT_SETS = (("train_images", 4000, 1), ("new_images", 100, 2))  # folder, count, seed
 OUT_COUNT, OUT_SEED = 1000, 0  # with --out
+MAX_SIDE = 4096  # pixels a side of a generated captcha, at most
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -21,6 +26,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--length", type=positive_int, default=4, metavar="N", help="characters per captcha")
     p.add_argument("--size", type=image_size, default=(50, 22), metavar="WxH", help="saved image size (default: 50x22)")
     args = p.parse_args(argv)
+    if not args.alphabet:
+        p.error("argument --alphabet: give at least one character")
+    if unfit := sorted({c for c in args.alphabet if c in FILE_NAME_FORBIDDEN or c in "._" or not c.isprintable()}):
+        p.error(f"argument --alphabet: {', '.join(map(repr, unfit))} cannot be in a file name's label")
+    if args.size[0] * args.size[1] > MAX_PIXELS or max(args.size) > MAX_SIDE:
+        p.error(f"argument --size: at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all, "
+                f"got {args.size[0]}x{args.size[1]}")
     if args.out is None and (args.count is not None or args.seed is not None):
         p.error("--count and --seed go with --out; without it " +
                 " and ".join(f"{d}/ ({n}, seed {s})" for d, n, s in DEFAULT_SETS) + " are written")
@@ -35,6 +47,8 @@ def make(args: argparse.Namespace) -> int:
     """Write the captchas: into --out, or the project's two sets."""
     sets = [(args.out, args.count or OUT_COUNT, OUT_SEED if args.seed is None else args.seed)] if args.out \
         else DEFAULT_SETS
+    for folder, _, _ in sets:  # a folder that cannot be written fails now, in one line
+        check_writable("out", Path(folder) / "0.png")
     for folder, count, seed in sets:
         generate(folder, count, seed, args.alphabet, args.length, args.size)
         print(f"wrote {count} captchas to {folder}/")

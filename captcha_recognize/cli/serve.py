@@ -9,7 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from captcha_recognize.cli.common import Parser, non_negative_float, positive_float, positive_int, run
+from captcha_recognize.cli.common import Parser, non_negative_float, port, positive_float, positive_int, run
+from captcha_recognize.device import pick_device
+from captcha_recognize.errors import ConfigError
 from captcha_recognize.runtime import check_port
 from captcha_recognize.serve.config import CONFIG_ENV, MODEL_NAME, MULTIPROC_ENV, ServeConfig, config_to_env
 
@@ -35,7 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a model to serve, .pth or .onnx (repeatable; the first is the default; "
                         f"default: {' '.join(f'{k}={v}' for k, v in d.models.items())})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
+    p.add_argument("--port", type=port, default=8000, help="port to listen on")
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="server processes, each with all models and cores / N forward passes at once")
     p.add_argument("--max-batch", type=positive_int, default=d.max_batch, metavar="N",
@@ -60,6 +62,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def config(args: argparse.Namespace) -> ServeConfig:
+    """The service's settings from its flags; a model name given twice is an error, not a silent replacement."""
+    names = [name for name, _ in args.model or []]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError("model", f"the name {twice[0]!r} is given to more than one model; give each its own name")
     models = dict(args.model) if args.model else ServeConfig().models
     return ServeConfig(models=models, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                        max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_images=args.max_images,
@@ -79,6 +86,7 @@ def serve(args: argparse.Namespace) -> int:
     from captcha_recognize.serve.app import create_app
 
     cfg = config(args)
+    pick_device(cfg.device)  # a GPU that is not there is one line, not a traceback in each worker
     check_port(args.host, args.port)
     cfg.api_key()
     for name, path in cfg.models.items():  # fail here, in one line, rather than in each worker

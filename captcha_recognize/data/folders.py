@@ -21,8 +21,22 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 def list_images(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
     """Image files in the given folders and/or files, sorted by name within each folder (with
-    ``recursive``, also in their subfolders). A folder whose images are all in subfolders is a
-    ``DataError`` that says so, unless ``recursive``."""
+    ``recursive``, also in their subfolders), each file once however often it is named (a folder given
+    twice would put its images in training and validation alike). A folder whose images are all in
+    subfolders is a ``DataError`` that says so, unless ``recursive``."""
+    files, seen, unique = list_given(inputs, recursive), set(), []
+    for f in files:  # in order, each file where it is first named
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    if len(unique) < len(files):
+        print(f"note: {plural(len(files) - len(unique), 'image')} named more than once (the same folder or file "
+              "given twice) read once", file=sys.stderr)
+    return unique
+
+
+def list_given(inputs: Sequence[str | os.PathLike], recursive: bool) -> list[Path]:
+    """The image files of each input in turn, a file as often as it is named."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)

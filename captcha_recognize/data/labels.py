@@ -43,7 +43,7 @@ class LabelRules:
 def read_label_map(path: str | os.PathLike) -> tuple[tuple[str, str], ...]:
     """A ``--label-map`` file: one ``FROM TO`` pair of single characters per line (``x *``);
     blank lines and lines starting with ``#`` are ignored."""
-    pairs = []
+    pairs, lines_seen = [], {}
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -54,8 +54,13 @@ def read_label_map(path: str | os.PathLike) -> tuple[tuple[str, str], ...]:
         parts = line.split()
         if len(parts) != 2 or len(parts[0]) != 1 or len(parts[1]) != 1:
             raise DataError(f"--label-map {path} line {n}: expected two single characters like 'x *', got {line!r}")
+        earlier = next(((m, to) for m, (c, to) in lines_seen.items() if c == parts[0]), None)
+        if earlier is not None and earlier[1] != parts[1]:
+            raise DataError(f"--label-map {path} lines {earlier[0]} and {n}: {parts[0]!r} maps to both {earlier[1]!r} "
+                            f"and {parts[1]!r}; keep one")
+        lines_seen[n] = (parts[0], parts[1])
         pairs.append((parts[0], parts[1]))
-    return tuple(sorted(pairs))
+    return tuple(sorted(set(pairs)))
 
 
 def name_text(path: str | os.PathLike) -> str:

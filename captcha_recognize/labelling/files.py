@@ -10,6 +10,7 @@ from captcha_recognize.data.labels import parse_label
 
 FILE_NAME_FORBIDDEN = set('/\\:*?"<>|')
 MAX_LABEL = 100
+MAX_NAME_BYTES = 255  # a file name's bytes on most file systems
 TMP_PREFIX = ".labelling-"
 
 
@@ -34,6 +35,8 @@ def label_problem(label: str, alphabet: str | None = None) -> str | None:
             return f"{c!r} is not in the alphabet {alphabet!r}"
     if len(label) > MAX_LABEL:
         return f"longer than {MAX_LABEL} characters"
+    if len(f"{label}_99.jpeg".encode()) > MAX_NAME_BYTES:
+        return f"too long for a file name ({len(label.encode())} bytes; file systems hold {MAX_NAME_BYTES})"
     if parse_label(label + ".png", alphabet) != label:
         return "a label is letters and digits (start with --alphabet for other characters)"
     return None

@@ -9,15 +9,18 @@ folder, so stopping and starting again resumes where it stopped.
 """
 from __future__ import annotations
 
+import hmac
 import io
+import secrets
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from captcha_recognize.data.folders import decode_files, list_images
@@ -28,6 +31,7 @@ from captcha_recognize.labelling.trainer import Trainer, train_command
 from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
 
 PAGE = Path(__file__).resolve().parent / "static" / "label.html"
+ItemId = Annotated[int, Field(ge=0, lt=2 ** 63)]  # an image's id: SQLite's integers
 
 
 def state_path(out: Path) -> Path:
@@ -125,12 +129,12 @@ class ClientRequest(BaseModel):
 
 
 class ClaimRequest(ClientRequest):
-    keep: list[int] = Field(default_factory=list, max_length=50)
+    keep: list[ItemId] = Field(default_factory=list, max_length=50)
     n: int = Field(3, ge=1, le=20)
 
 
 class ItemRequest(ClientRequest):
-    id: int
+    id: ItemId
 
 
 class LabelRequest(ItemRequest):
@@ -201,6 +205,25 @@ def png_bytes(path: Path) -> bytes:
     return buf.getvalue()
 
 
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+TOKEN_HEADER = "x-labelling-token"
+
+
+def refusal(request: Request, token: str) -> str | None:
+    """Why a request is refused, or None: the page answers only its own host (a rebound DNS name of
+    another site is refused), only its own origin, and changes state only with this start's token."""
+    host = urlsplit("//" + request.headers.get("host", "")).hostname
+    if host not in LOCAL_HOSTS:
+        return f"refused: this page answers requests to 127.0.0.1 or localhost only, not {host!r}"
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).hostname not in LOCAL_HOSTS:
+        return "refused: a request from another site's page"
+    given = request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
+    if request.method not in ("GET", "HEAD") and not hmac.compare_digest(given, token):
+        return "refused: the page's token is missing or wrong (reload the page)"
+    return None
+
+
 def create_app(session: Session) -> FastAPI:
     """The page and its JSON API; the lifespan opens the session and stops a running training."""
     @asynccontextmanager
@@ -210,7 +233,13 @@ def create_app(session: Session) -> FastAPI:
         session.trainer.stop()
 
     app = FastAPI(title="captcha labelling", lifespan=lifespan)
+    app.state.token = secrets.token_urlsafe(24)  # this start's: a page of another site cannot read it
     store = session.store
+
+    @app.middleware("http")
+    async def local_only(request: Request, call_next: Callable) -> Response:
+        refused = refusal(request, app.state.token)
+        return JSONResponse({"detail": refused}, status_code=403) if refused else await call_next(request)
 
     @app.exception_handler(Refused)
     async def refused(request: Request, e: Refused) -> JSONResponse:
@@ -224,8 +253,10 @@ def create_app(session: Session) -> FastAPI:
         return Stats(**store.stats())
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(PAGE, media_type="text/html", headers={"Cache-Control": "no-store"})
+    def page() -> HTMLResponse:
+        token = f'<meta name="labelling-token" content="{app.state.token}">'
+        html = PAGE.read_text(encoding="utf-8").replace('<meta charset="utf-8">', f'<meta charset="utf-8">\n{token}')
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/status")
     def status() -> Status:
@@ -254,7 +285,7 @@ def add_queue_routes(app: FastAPI, session: Session, stats: Callable[[], Stats])
         return Done(message="released", stats=stats())
 
     @app.get("/api/image/{item_id}")
-    def image(item_id: int) -> Response:
+    def image(item_id: ItemId) -> Response:
         path = store.item(item_id).current
         try:
             data = png_bytes(path)

@@ -169,6 +169,8 @@ class Store:
                                             f"'todo' ORDER BY {QUEUE_ORDER}", (self.mode,))]
 
     def item(self, item_id: int) -> Row:
+        if not 0 <= item_id < 2 ** 63:  # SQLite's integers
+            raise Conflict(f"no image {item_id}")
         rows = self._read("SELECT * FROM items WHERE id = ? AND mode = ?", (item_id, self.mode))
         if not rows:
             raise Conflict(f"no image {item_id}")
@@ -208,6 +210,8 @@ class Store:
 
     def _take(self, c: sqlite3.Connection, client: str, item_id: int) -> Row:
         """Compare-and-set: the image is still to label and no other tab holds it."""
+        if not 0 <= item_id < 2 ** 63:  # SQLite's integers
+            raise Conflict(f"no image {item_id}")
         r = c.execute("SELECT * FROM items WHERE id = ? AND mode = ?", (item_id, self.mode)).fetchone()
         if r is None or r["status"] != "todo":
             raise Conflict("this image was already labelled (another tab?)" if r else f"no image {item_id}")
@@ -237,9 +241,13 @@ class Store:
                       (label, str(dest), client, item_id))
         try:
             self._place(row.path, dest)
-        except BaseException:
+        except BaseException as e:
             with self._write() as c:
                 c.execute("UPDATE items SET status = 'todo', label = NULL, saved_as = NULL WHERE id = ?", (item_id,))
+            if isinstance(e, FileNotFoundError) and not row.path.exists():
+                raise Conflict(f"{row.path.name} is no longer in {row.path.parent}: nothing was saved") from None
+            if isinstance(e, OSError):
+                raise Conflict(f"cannot write {dest}: {e.strerror or e}; nothing was saved") from None
             raise
         shown = proposal if proposal is not None else row.proposal
         with self._write() as c:

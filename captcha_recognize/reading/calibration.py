@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from captcha_recognize.data.codec import LabelConverter
-from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint
+from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint, seal
 from captcha_recognize.reading.inference import all_logits
 from captcha_recognize.reading.recognizer import CaptchaRecognizer
 
@@ -188,6 +188,6 @@ def calibrate_checkpoint(path: str | os.PathLike, arrays: np.ndarray, labels: Se
     rec = CaptchaRecognizer(path)
     logits = all_logits(rec.logits, arrays, rec.batch_size).astype(np.float64)  # (N, T|P, K)
     cal = calibrate(logits, labels, rec.converter, target)
-    atomic_save({**load_checkpoint(path), "temperature": cal.temperature, "threshold": cal.threshold,
-                 "calibration": asdict(cal)}, path)
+    atomic_save(seal({**load_checkpoint(path), "temperature": cal.temperature, "threshold": cal.threshold,
+                      "calibration": asdict(cal)}), path)
     return cal

@@ -7,6 +7,7 @@ weights (alphabet, label length, preprocessing, calibration), which ``ModelSpec`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -24,16 +25,44 @@ from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT, ModelSpec
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
 REQUIRED_KEYS = ("format", "model", "model_args", "alphabet", "label_length", "preprocess")
+# everything reading depends on besides the weights: the SHA-256 a checkpoint carries covers these too
+READING_KEYS = ("model_args", "alphabet", "label_length", "preprocess", "case", "label_map", "temperature",
+                "threshold", "fixed_length")
 
 
 def checkpoint_dict(state_dict: dict[str, torch.Tensor], model_args: dict[str, Any], spec: ModelSpec,
                     **record: Any) -> dict[str, Any]:
     """The one checkpoint dict: weights, model config, the spec's fields, and the training's ``record``
-    (training's config, epoch, scores, history; optimizer state in the resumable one)."""
+    (training's config, epoch, scores, history; optimizer state in the resumable one), sealed with the
+    SHA-256 of all reading depends on (``seal``). Weights that are not finite are refused."""
+    bad = not_finite(state_dict)
+    if bad:
+        raise CheckpointError(f"the weights are not finite ({bad}): the training diverged (give a lower --lr); "
+                              "they were not saved")
     meta = spec.to_meta()
     del meta["arch"]  # model_args holds it
-    return {"format": CHECKPOINT_FORMAT, "model": state_dict, "model_args": dict(model_args),
-            "weights_sha256": weights_sha256(state_dict), **meta, **record}
+    return seal({"format": CHECKPOINT_FORMAT, "model": state_dict, "model_args": dict(model_args), **meta, **record})
+
+
+def seal(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt`` with the SHA-256 of its weights and of everything reading depends on (``READING_KEYS``),
+    after any change to those (calibration)."""
+    ckpt["weights_sha256"] = weights_sha256(ckpt["model"])
+    ckpt["sha256"] = reading_sha256(ckpt)
+    return ckpt
+
+
+def reading_sha256(ckpt: dict[str, Any]) -> str:
+    """SHA-256 over the weights and the ``READING_KEYS`` values: a changed threshold or alphabet reads
+    silently wrong, as a changed weight does."""
+    reading = json.dumps({k: ckpt.get(k) for k in READING_KEYS}, sort_keys=True, default=list)
+    return hashlib.sha256((weights_sha256(ckpt["model"]) + reading).encode()).hexdigest()
+
+
+def not_finite(state_dict: dict[str, torch.Tensor]) -> str:
+    """The first weight tensor that holds a NaN or an infinity, by name; "" when all are finite."""
+    return next((name for name, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()),
+                "")
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -73,8 +102,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
+    if "sha256" in ckpt and reading_sha256(ckpt) != ckpt["sha256"]:
+        raise CheckpointError(f"{path} is corrupted: its weights or what reading needs (alphabet, preprocessing, "
+                              "calibration) do not match the SHA-256 stored with them")
     if "weights_sha256" in ckpt and weights_sha256(ckpt["model"]) != ckpt["weights_sha256"]:
         raise CheckpointError(f"{path} is corrupted: its weights do not match the SHA-256 stored with them")
+    bad = not_finite(ckpt["model"])
+    if bad:
+        raise CheckpointError(f"{path} holds weights that are not finite ({bad}): the training diverged")
     ckpt["model_args"].setdefault("cnn_channels", CLASSIC_CNN_CHANNELS)  # saved before the fields existed
     ckpt["model_args"].setdefault("crnn_channels", CLASSIC_CRNN_CHANNELS)
     return ckpt

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 from typing import Any, Sequence
@@ -12,7 +11,7 @@ from typing import Any, Sequence
 from captcha_recognize.data.images import ImageInput, open_image
 from captcha_recognize.files import atomic_write, atomic_write_text
 from captcha_recognize.reading.scores import confused_pairs, format_scores, score
-from captcha_recognize.text import shown
+from captcha_recognize.text import json_text, shown
 
 def build_report(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The prediction report: files (paths as text that any JSON reader takes) plus a summary
@@ -47,7 +46,7 @@ def write_csv(results: list[dict[str, Any]], path: str | os.PathLike) -> None:
 
 def write_json(report: dict[str, Any], path: str) -> None:
     """The report as JSON: to stdout for ``-``, else written atomically."""
-    text = json.dumps(report, indent=1)
+    text = json_text(report, indent=1)
     if path == "-":
         print(text)
     else:

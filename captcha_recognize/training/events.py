@@ -6,9 +6,10 @@ benchmarks read those, never the printed text.
 """
 from __future__ import annotations
 
-import json
 import sys
 from typing import IO, Any, Callable
+
+from captcha_recognize.text import json_text
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
@@ -40,7 +41,7 @@ class Events:
 def json_lines(stream: IO[str]) -> Listener:
     """A listener writing each event as one line of JSON to ``stream``."""
     def write(event: Event) -> None:
-        stream.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+        stream.write(json_text(event, ensure_ascii=False, default=str) + "\n")
         stream.flush()
     return write
 

@@ -5,6 +5,7 @@ is stuck at chance, and ends by calibrating the best checkpoint. It runs as one 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from captcha_recognize.data.arrays import ArrayDataset
 from captcha_recognize.data.augment import column_spread, text_span
 from captcha_recognize.data.folders import LabelledImages
 from captcha_recognize.device import pick_device
-from captcha_recognize.errors import DataError
+from captcha_recognize.errors import ConfigError, DataError, Diverged
 from captcha_recognize.files import output_lock, remove_stale_temporaries
 from captcha_recognize.model import ModelConfig
 from captcha_recognize.reading.calibration import calibrate_checkpoint
@@ -36,8 +37,8 @@ from captcha_recognize.training.result import TrainResult
 from captcha_recognize.training.resume import resumed_cycles, with_resumed
 from captcha_recognize.training.saver import BestSaver
 from captcha_recognize.training.state import ModelState, build_state
-from captcha_recognize.training.task import (Split, build_datasets, choose_arch, ink_text, kept_from_checkpoint,
-                                             label_rules, make_task, read_data)
+from captcha_recognize.training.task import (Split, build_datasets, choose_arch, fingerprint, ink_text,
+                                             kept_from_checkpoint, label_rules, make_task, read_data)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Run:
     val: Split
     span: tuple[float, float] | None  # the text's columns, where splice cuts
     n_images: int  # labelled images read: a resumed run must find as many
+    data_sha256: str  # their names, labels and sizes (task.fingerprint): a resumed run must find the same
     group: ProcessGroup
     events: Events
 
@@ -73,6 +75,7 @@ class Attempt:
     def record(self) -> dict[str, Any]:
         """What the checkpoints store of the run besides its weights."""
         return {"config": asdict(self.cfg), "history": self.history, "n_images": self.run.n_images,
+                "data_sha256": self.run.data_sha256,
                 "schedule": self.plan.to_dict()}
 
 
@@ -87,7 +90,23 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     check_writable("out", cfg.out)
     if cfg.plot not in ("auto", "none"):
         check_writable("plot", cfg.plot)
+    check_outside_data(cfg)
     return cfg, resume
+
+
+def check_outside_data(cfg: TrainConfig) -> None:
+    """The curve PNG may not land among the captchas: the next run on that folder would read it as one
+    (``model.png``, labelled "model")."""
+    plot = plot_path(cfg)
+    if plot is None:
+        return
+    where = Path(plot).resolve().parent
+    for folder in map(Path, cfg.data or []):
+        folder = folder.resolve()
+        if folder.is_dir() and (where == folder or (cfg.recursive and folder in where.parents)):
+            flag = "plot" if cfg.plot != "auto" else "out"
+            raise ConfigError(flag, f"{plot} would be written among the captchas of {folder}, where the next run "
+                                    "reads it as one: write outside the data folder (or --plot none)")
 
 
 def describe(run: Run, budget: float) -> str:
@@ -139,7 +158,7 @@ def set_up(cfg: TrainConfig, resume: dict[str, Any] | None, group: ProcessGroup,
         arch=cfg.arch, n_classes=len(converter.alphabet), n_positions=converter.length or 0,
         in_channels=pre.in_channels, img_h=pre.height, img_w=pre.width))
     n_images = len(data.labels) if data is not None else 0
-    return Run(cfg, given, spec, model_args, train_set, val, span, n_images, group, events), init
+    return Run(cfg, given, spec, model_args, train_set, val, span, n_images, fingerprint(data), group, events), init
 
 
 def begin(run: Run, resume: dict[str, Any] | None, init: dict[str, Any] | None, may_restart: bool) -> Attempt:
@@ -164,10 +183,15 @@ def restore(attempt: Attempt, resume: dict[str, Any]) -> None:
     if resume.get("n_images") not in (None, run.n_images):
         raise DataError(f"the data has {run.n_images} labelled images, the resumed run had {resume['n_images']}: "
                         "its validation split would change; start a new run (another --out) instead")
+    if resume.get("data_sha256") not in (None, run.data_sha256):
+        raise DataError(f"the {run.n_images} labelled images are not the ones the resumed run read (other names, "
+                        "labels or sizes): its validation split would change; start a new run (another --out) "
+                        "instead")
     cycles, schedule.planned, saved_length = resumed_cycles(resume, run.cfg.epochs, run.cfg.lr)
     schedule.cycles = cycles
     if cycles[-1].epochs != saved_length:
-        run.events.note(f"extending the schedule from {cycles[-1].first + saved_length - 1} to {run.cfg.epochs} "
+        change = "extending" if cycles[-1].epochs > saved_length else "shortening"
+        run.events.note(f"{change} the schedule from {cycles[-1].first + saved_length - 1} to {run.cfg.epochs} "
                         "epochs")
     attempt.state.restore(resume, cycles[-1].peak, cycles[-1].epochs, saved_length)
     attempt.start = schedule.start = resume["epoch"] + 1
@@ -184,6 +208,9 @@ def run_epoch(attempt: Attempt, epoch: int) -> None:
     total, heads, batches = loop.train_epoch(state, cfg, run.spec.converter, run.span, epoch, run.group)
     sums = run.group.sum([total, batches] + heads)
     loss, per_head = sums[0] / sums[1], [h / sums[1] for h in sums[2:]]
+    if not math.isfinite(loss):  # every process sees the summed loss: all stop together
+        raise Diverged(f"the training loss is not finite in epoch {epoch} (peak learning rate {cfg.lr:g}): the "
+                       "training diverged, and nothing of that epoch was saved; give a lower --lr")
     record = {"epoch": epoch, "loss": loss, "head_loss": per_head, "time": time.time() - attempt.plan.started}
     line = f"epoch {epoch}/{cfg.epochs} loss {loss:.4f}"
     if per_head:

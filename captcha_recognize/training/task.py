@@ -4,6 +4,7 @@ alphabet, label length and input size (``make_task``), and the training set and 
 which given settings it does not follow (``kept_from_checkpoint``)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ from captcha_recognize.data.folders import LabelledImages, read_labelled, split_
 from captcha_recognize.data.labels import LabelRules, infer_alphabet, mixed_case, read_label_map
 from captcha_recognize.data.preprocess import CHANNELS, Preprocess, auto_size, find_ink, max_height
 from captcha_recognize.data.synthetic import SyntheticCaptchas
-from captcha_recognize.errors import DataError
+from captcha_recognize.errors import ConfigError, DataError
 from captcha_recognize.reading.checkpoint import load_checkpoint
 from captcha_recognize.reading.spec import ModelSpec
 from captcha_recognize.text import plural
@@ -67,6 +68,9 @@ def make_task(cfg: TrainConfig, data: LabelledImages | None,
     ink = find_ink(data.images) if data is not None and cfg.arch == "crnn" and cfg.ink == "auto" else ()
     ctc = cfg.arch == "crnn"  # a CRNN whose labels all have one length reads that length only
     fixed = ctc and len(lengths) == 1 and length is not None
+    if ctc and length and w // 4 < 2 * length:  # the CRNN reads a column per 4 pixels; a doubled letter needs 3
+        raise ConfigError("img_size", f"{w}x{h} gives the CRNN {w // 4} columns to read, too few for {length} "
+                                      f"characters: give at least {8 * length} pixels of width")
     return LabelConverter(alphabet, length, ctc=ctc, fixed=fixed), Preprocess(w, h, channels, ink)
 
 
@@ -188,6 +192,15 @@ def materialize(ds: torch.utils.data.Dataset) -> Split:
     items = [ds[i] for i in range(len(ds))]
     return Split(torch.stack([a for a, _ in items]), [s for _, s in items],
                  [f"synthetic #{i}" for i in range(len(items))])
+
+
+def fingerprint(data: LabelledImages | None) -> str:
+    """SHA-256 over the labelled images' names, labels and sizes, in their order: a resumed run must find
+    the same ones, or its validation split would change under it."""
+    h = hashlib.sha256()
+    for path, label in zip(data.paths, data.labels) if data is not None else ():
+        h.update(f"{path.name}\0{label}\0{path.stat().st_size}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def ink_text(pre: Preprocess) -> str:
