@@ -108,6 +108,17 @@ def test_speed_benchmark_quick():
     assert_names_machine(r.stdout)
 
 
+@pytest.mark.slow
+def test_distributed_benchmark_quick(tmp_path):
+    r = run_script("benchmarks/distributed.py", "--quick", "--epochs", "2", "--markdown", str(tmp_path / "r.md"),
+                   timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = table_rows(r.stdout)
+    assert [(row[1], row[2], row[3]) for row in rows] == [("1", "32 of 32", "2"), ("2", "16 of 32", "2")]
+    assert all(0 <= float(row[6].rstrip("%")) <= 100 for row in rows)
+    assert_names_machine(r.stdout)
+
+
 @pytest.mark.parametrize("rerun", [False, True])
 def test_markdown_sections_are_replaced_by_their_own_command_only(tmp_path, rerun):
     from captcha_recognize.bench import write_section

@@ -131,3 +131,9 @@ def test_a_finished_rank_waits_for_the_others_before_leaving_the_group(monkeypat
     calls.clear()
     distributed.ProcessGroup().close()  # after an error the other ranks may never get there
     assert calls == ["destroy"]
+
+
+def test_the_processes_share_each_steps_batch():
+    from captcha_recognize.training.state import process_batch
+    assert [process_batch(32, n) for n in (1, 2, 3, 4)] == [32, 16, 11, 8]
+    assert process_batch(1, 4) == 1  # every process reads at least one image a step

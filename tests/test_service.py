@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -598,3 +599,67 @@ def test_a_reading_that_is_arithmetic_is_answered_with_its_value():
         "text": "12+3=", "confidence": 0.9, "accept": True, "model": "m", "answer": 15, "answer_error": None}
     assert reading(Prediction("12+3=", 0.9, True), "m", False) == {
         "text": "12+3=", "confidence": 0.9, "accept": True, "model": "m"}
+
+
+def stalled_request(url: str) -> socket.socket:
+    """A connection that sends a request's head and the start of its body, then nothing more."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(b"POST /v1/recognize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 1000\r\n\r\n{\"image\": \"")
+    return s
+
+
+@pytest.mark.slow
+def test_a_body_that_stops_arriving_is_answered_408_and_a_stop_has_a_deadline(fresh_ckpt, tmp_path):
+    args = ["--model", f"m={fresh_ckpt}", "--body-timeout", "1", "--shutdown-timeout", "2"]
+    with server_process(args, tmp_path / "log") as (url, proc):
+        s = stalled_request(url)
+        t0 = time.monotonic()
+        answer = b""
+        while b"stopped arriving" not in answer and (chunk := s.recv(4096)):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving for 1 s" in answer
+        assert time.monotonic() - t0 < 10
+        stalled_request(url)  # another one hangs on while the server is told to stop
+        t0 = time.monotonic()
+        proc.terminate()
+        proc.wait(30)
+        assert time.monotonic() - t0 < 15  # the client does not hold the server up
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_workers_stop_when_their_server_process_is_killed(fresh_ckpt, tmp_path):
+    args = ["--model", f"m={fresh_ckpt}", "--workers", "2", "--reload-interval", "0.2"]
+    with server_process(args, tmp_path / "log") as (url, proc):
+        workers = [p for p in children(proc.pid) if Path(f"/proc/{p}/cmdline").read_bytes().count(b"spawn")]
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the server process dies without a word to its workers
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in workers if running(p)], "a worker still runs"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/healthz", timeout=2)

@@ -52,6 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-images", type=positive_int, default=d.max_images, metavar="N", help="images per request")
     p.add_argument("--api-key-env", metavar="VAR",
                    help="require the key in environment variable VAR on every endpoint but /healthz and /readyz")
+    p.add_argument("--body-timeout", type=positive_float, default=d.body_timeout, metavar="S",
+                   help="seconds a request body may stop arriving before the request is answered 408; idle "
+                        "keep-alive connections close after 5 s")
+    p.add_argument("--shutdown-timeout", type=positive_float, default=d.shutdown_timeout, metavar="S",
+                   help="seconds a stopping server (Ctrl-C, SIGTERM) waits for requests in flight")
     p.add_argument("--reload-interval", type=positive_float, default=d.reload_interval, metavar="S",
                    help="seconds between checks of the model files for a new version")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
@@ -71,6 +76,7 @@ def config(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(models=models, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                        max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_images=args.max_images,
                        api_key_env=args.api_key_env, reload_interval=args.reload_interval, device=args.device,
+                       body_timeout=args.body_timeout, shutdown_timeout=args.shutdown_timeout,
                        passes=args.passes, workers=args.workers)
 
 
@@ -92,7 +98,8 @@ def serve(args: argparse.Namespace) -> int:
     for name, path in cfg.models.items():  # fail here, in one line, rather than in each worker
         CaptchaRecognizer(path)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
-    options = dict(host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info")
+    options = dict(host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info",
+                   timeout_keep_alive=5, timeout_graceful_shutdown=cfg.shutdown_timeout)
     if args.workers > 1:  # each worker process builds its app from the configuration in the environment
         os.environ[CONFIG_ENV] = config_to_env(cfg)
         with tempfile.TemporaryDirectory(prefix="captcha-metrics-") as shared:  # /metrics sums the workers

@@ -5,7 +5,8 @@ The confidence of a reading is the product of its chosen classes' probabilities
 (``LabelConverter.log_confidence``), with the logits divided by a temperature. ``fit_temperature``
 picks the temperature that makes that *sequence* confidence the best probability of the whole
 answer being right (lowest binary negative log-likelihood on the validation split), so that of
-the answers reported at 0.9 about 90% are right. ``accept_threshold`` is then the lowest
+the answers reported at 0.9 about 90% would be right; how near held-out answers come to that is
+measured in ``benchmarks/accuracy.py``'s calibration columns. ``accept_threshold`` is then the lowest
 calibrated confidence at which the validation answers at or above it are at least
 ``target_precision`` right. Training calls ``calibrate_checkpoint`` at the end of a run.
 """

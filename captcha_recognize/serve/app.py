@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import signal
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -42,8 +44,8 @@ log = logging.getLogger("captcha.serve")
 class Service:
     """What one app serves: the models, their batchers, the metrics, the reload watcher."""
 
-    def __init__(self, cfg: ServeConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ServeConfig, parent: int | None = None):
+        self.cfg, self.parent = cfg, parent  # parent: the server process of a --workers process
         self.registry = Registry(cfg.models, cfg.device)
         self.metrics = Metrics()
         self.batchers: dict[str, Batcher] = {}
@@ -72,9 +74,14 @@ class Service:
             await b.stop()
 
     async def watch(self) -> None:
-        """Check the model files every ``reload_interval`` seconds, loading in a thread."""
+        """Check the model files every ``reload_interval`` seconds, loading in a thread; a ``--workers``
+        process whose server process is gone (killed) stops, rather than serve the port alone."""
         while True:
             await asyncio.sleep(self.cfg.reload_interval)
+            if self.parent is not None and os.getppid() != self.parent:
+                log.warning("the server process that started this worker is gone: stopping")
+                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own, graceful stop
+                return
             errors = {n: m.error for n, m in self.registry.models.items()}
             for name in await asyncio.to_thread(self.registry.check):
                 self.metrics.reloads.labels(name, "ok").inc()
@@ -126,7 +133,7 @@ RECOGNIZE_BODY = {"requestBody": {"required": True, "content": {
         "model": {"type": "string"},
         "answer": {"type": "boolean", "description": "also give the value of arithmetic readings"}}}},
     "application/json": {"schema": RecognizeJSON.model_json_schema()}}}}
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 405, 413, 415)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 405, 408, 413, 415)}
 
 
 def recognize_route() -> APIRoute:
@@ -139,11 +146,11 @@ def recognize_route() -> APIRoute:
                     openapi_extra=RECOGNIZE_BODY)
 
 
-def create_app(cfg: ServeConfig) -> Front:
+def create_app(cfg: ServeConfig, parent: int | None = None) -> Front:
     """The ASGI app serving ``cfg``: ``Front`` ahead of the FastAPI app (``.app``), in whose lifespan
-    (startup) the models load."""
+    (startup) the models load; ``parent``: the server process a ``--workers`` process lives under."""
     key = cfg.api_key()
-    service = Service(cfg)
+    service = Service(cfg, parent)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -193,4 +200,4 @@ def create_app(cfg: ServeConfig) -> Front:
 
 def app_from_env() -> Front:
     """The app of each ``--workers`` process: its configuration comes in ``CAPTCHA_SERVE_CONFIG``."""
-    return create_app(config_from_env())
+    return create_app(config_from_env(), parent=os.getppid())

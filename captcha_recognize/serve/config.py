@@ -29,6 +29,8 @@ class ServeConfig:
     max_images: int = 64  # per request
     api_key_env: str | None = None  # environment variable holding the API key
     reload_interval: float = 1.0  # seconds between checks of the model files
+    body_timeout: float = 10.0  # seconds a request body may stop arriving before it is answered 408
+    shutdown_timeout: float = 10.0  # seconds a stopping server waits for requests in flight
     device: str = "cpu"
     passes: int | None = None  # forward passes at once per model, one core each; None: forward_passes()
     workers: int = 1  # server processes sharing the machine's cores

@@ -3,6 +3,7 @@ into images and a model name, and each image decoded through the recognizer's pr
 first bad one answered as that request's 4xx."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
@@ -32,15 +33,20 @@ class ClientGone(Exception):
     """The client closed the connection before its request was read."""
 
 
-async def read_body(receive: Callable[[], Awaitable[dict]], headers: dict[bytes, bytes], max_bytes: int) -> bytes:
-    """The ASGI request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+async def read_body(receive: Callable[[], Awaitable[dict]], headers: dict[bytes, bytes], max_bytes: int,
+                    timeout: float | None = None) -> bytes:
+    """The ASGI request body, refused with 413 as soon as it is known to exceed ``max_bytes``, and with
+    408 when it stops arriving for ``timeout`` seconds (a client that holds a connection open)."""
     too_big = f"request body over the limit of {max_bytes} bytes (--max-bytes)"
     declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > max_bytes:
         raise RequestError(413, too_big)
     chunks, size = [], 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the request body stopped arriving for {timeout:g} s (--body-timeout)") from None
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -127,7 +133,7 @@ async def request_images(scope: dict, receive: Callable[[], Awaitable[dict]], cf
     """The images and options of a recognize request (ASGI), in either form; the query string
     (``?model=NAME&answer=1``) supplies the options the body leaves out."""
     headers = dict(scope["headers"])
-    body = await read_body(receive, headers, cfg.max_bytes)
+    body = await read_body(receive, headers, cfg.max_bytes, cfg.body_timeout)
     content_type = headers.get(b"content-type", b"").decode("latin-1")
     kind = content_type.split(";")[0].strip().lower()
     if not body:

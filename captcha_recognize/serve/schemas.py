@@ -13,7 +13,8 @@ class RecognizeJSON(BaseModel):
 
 class Reading(BaseModel):
     text: str
-    confidence: float = Field(description="calibrated: of the answers given at 0.9, about 90% are right")
+    confidence: float = Field(description="the reading's probability after the model's calibration on its "
+                                          "validation split (the error measured on new images: docs/results.md)")
     accept: bool = Field(description="confidence at or above the model's accept threshold (always, without one)")
     model: str
     answer: int | float | None = Field(None, description="with answer=true: the value of an arithmetic reading, or "

@@ -117,8 +117,9 @@ class TrainConfig:
         f"extended while validation improves (default: {plan.BUDGET_PER_1000 / 60:g} min per 1000 training images, "
         f"at least {plan.MIN_BUDGET / 60:g}; with --unlabelled, for all rounds together, at least "
         f"{SELF_TRAINING_BUDGET / 60:g}; printed at start)", float, checks.POSITIVE, metavar="MINUTES")
-    batch_size: int = option(32, "recipe", "images per step (per process under torchrun)", int, checks.POSITIVE_INT,
-                             metavar="N")
+    batch_size: int = option(32, "recipe", "images per step; under torchrun the processes share them (each takes "
+                             "its part), so --epochs, --batch-size and --lr mean the same with any number of processes",
+                             int, checks.POSITIVE_INT, metavar="N")
     lr: float | None = option(
         None, "recipe", f"peak learning rate of the one-cycle schedule (default: {DEFAULT_LR['cnn']:g} for the CNN, "
         f"{DEFAULT_LR['crnn']:g} for the CRNN; with --unlabelled, {FIRST_LR:g} in a labelled-only CRNN round under "

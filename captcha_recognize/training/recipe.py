@@ -61,7 +61,7 @@ def resolve_defaults(cfg: TrainConfig, init: dict[str, Any] | None, resume: dict
     splice_p = cfg.splice if cfg.splice is not None else default_splice(arch, spread, span, labels)
     epochs = cfg.epochs
     if epochs is None:
-        epochs = resume["config"]["epochs"] if resume else default_epochs(n_train, cfg.batch_size, world)
+        epochs = resume["config"]["epochs"] if resume else default_epochs(n_train, -(-cfg.batch_size // world), world)
     warp = cfg.warp if cfg.warp is not None else WARP[arch]
     ema = cfg.ema if cfg.ema is not None else EMA_DECAY[arch]
     return replace(cfg, arch=arch, lr=cfg.lr or DEFAULT_LR[arch], warp=warp, ema=ema, splice=splice_p, epochs=epochs)

@@ -83,14 +83,21 @@ def build_network(model_args: dict[str, Any], init: dict[str, Any] | None, devic
     return model.to(device, memory_format=torch.channels_last)
 
 
+def process_batch(batch_size: int, world: int) -> int:
+    """Each process's share of ``--batch-size``: a step reads about ``batch_size`` images however many
+    processes share it, so ``--epochs``, ``--batch-size`` and ``--lr`` mean the same under torchrun."""
+    return -(-batch_size // world)
+
+
 def make_loader(cfg: TrainConfig, train_set: torch.utils.data.Dataset, group: ProcessGroup,
                 device: torch.device) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled batches; on the CPU from memory, on CUDA (or for synthetic data) through workers."""
     sampler = make_sampler(train_set, group, cfg.seed)
     workers = cfg.workers if cfg.workers is not None else (
         min(4, os.cpu_count() or 1) if device.type == "cuda" or cfg.synthetic else 0)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda", drop_last=len(train_set) > cfg.batch_size * group.world,
+    per_process = process_batch(cfg.batch_size, group.world)
+    loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", drop_last=len(train_set) > per_process * group.world,
                         persistent_workers=workers > 0 and not any(  # workers would keep epoch 1's draws
                             hasattr(p, "set_epoch") for p in getattr(train_set, "datasets", [train_set])))
     return loader, sampler
