@@ -5,7 +5,7 @@ Usage:
     python torch_model_serve.py --model digits=captcha_recognize.pth --model v2=runs/v2.onnx
     python torch_model_serve.py --host 0.0.0.0 --port 9000 --workers 2 --api-key-env CAPTCHA_KEY
 
-    curl -F file=@new_images/0151.png http://127.0.0.1:8000/v1/recognize
+    curl -F file=@new_images/0059.png http://127.0.0.1:8000/v1/recognize
     curl -H 'Content-Type: application/json' -d '{"image": "<base64>", "model": "digits"}' \\
          http://127.0.0.1:8000/v1/recognize
 

@@ -33,30 +33,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from captcha_recognize.bench import DATASETS, machine, publish, split_files
+from captcha_recognize.bench import DATASETS, machine, publish, split_files, test_score, true_label
 
 from captcha_recognize.reading.calibration import held_out_report
 from captcha_recognize.cli.common import Parser
 from captcha_recognize.cli.train import train_config
-from captcha_recognize.data.labels import infer_alphabet, parse_label
+from captcha_recognize.data.labels import infer_alphabet
 from captcha_recognize.data.folders import list_images, load_images
 from captcha_recognize.data.arrays import to_arrays
 from captcha_recognize.reading.report import contact_sheet
 from captcha_recognize.reading.scores import score
 from captcha_recognize.reading.inference import all_logits
-from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
+from captcha_recognize.reading.recognizer import CaptchaRecognizer
 from captcha_recognize.data.synthetic import generate
 from captcha_recognize.training import TrainConfig, TrainResult, train
-
-
-def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
-    """``score`` on ``test``, plus ``wrong``: the misread files as ``name->prediction``, and ``misread``:
-    them as ``(path, label, prediction, confidence)`` for a contact sheet."""
-    results = predict_files(rec, test)
-    preds, labels = [r["prediction"] for r in results], [parse_label(r["path"]) for r in results]
-    misread = [(r["path"], t, p, r["confidence"]) for r, p, t in zip(results, preds, labels) if p != t]
-    wrong = [f"{Path(path).name}->{p}" for path, _, p, _ in misread]
-    return {**score(preds, labels), "wrong": wrong, "misread": misread}
 
 
 def int8_score(ckpt: Path, rec: CaptchaRecognizer, train_files: Sequence[Path], test: Sequence[Path]) -> float | None:
@@ -77,7 +67,7 @@ def calibration_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str,
     logits = all_logits(rec.logits, to_arrays(images, rec.preprocess), rec.batch_size)  # (N, T|P, K)
     texts, raw = rec.converter.decode(logits)
     _, calibrated = rec.converter.decode(logits, rec.temperature)
-    return held_out_report(raw, calibrated, [t == parse_label(f) for t, f in zip(texts, ok)], rec.threshold)
+    return held_out_report(raw, calibrated, [t == true_label(f) for t, f in zip(texts, ok)], rec.threshold)
 
 
 def hide_names(files: Sequence[Path], folder: Path) -> dict[str, str]:
@@ -87,7 +77,7 @@ def hide_names(files: Sequence[Path], folder: Path) -> dict[str, str]:
     for i, f in enumerate(files):
         name = f"img{i:05d}{f.suffix}"
         shutil.copyfile(f, folder / name)
-        truth[name] = parse_label(f)
+        truth[name] = true_label(f)
     return truth
 
 
@@ -130,7 +120,7 @@ def ddddocr_scores(test: Sequence[Path], alphabet: str) -> dict[str, Any] | None
     ocr = ddddocr.DdddOcr(show_ad=False)
     ocr.set_ranges(alphabet)
     preds = [ocr.classification(f.read_bytes()) for f in test]
-    return score(preds, [parse_label(f) for f in test])
+    return score(preds, [true_label(f) for f in test])
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -205,7 +195,7 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
                  workdir: Path) -> list[tuple[str, str, str, list[int], dict[str, Any]]]:
     """Table rows for one dataset: every size and arch over the seeds, then ddddocr's."""
     files = list_images([folder])
-    alphabet = infer_alphabet(parse_label(f) or "" for f in files)
+    alphabet = infer_alphabet(true_label(f) or "" for f in files)
     rows = []
     for size in args.sizes:
         n = None if size == "all" else int(size)

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from captcha_recognize.bench import test_score
+from captcha_recognize.bench import test_score, true_label
 from captcha_recognize.bench import DATASETS, machine, publish, split_files
 
 from captcha_recognize.cli.common import Parser, positive_int, probability
 from captcha_recognize.cli.train import train_config
 from captcha_recognize.training.crossread import train_on
-from captcha_recognize.data.labels import infer_alphabet, parse_label
+from captcha_recognize.data.labels import infer_alphabet
 from captcha_recognize.data.folders import list_images
 from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
 from captcha_recognize.data.synthetic import generate
@@ -96,7 +96,7 @@ def walk(pool: Sequence[Path], order: str, trainer: Trainer, every: int, max_lab
             rest.sort(key=lambda f: proposals[f][1])  # stable: ties keep the random order
         batch, rest = rest[:min(every, max_labels - len(labelled))], rest[min(every, max_labels - len(labelled)):]
         for f in batch:
-            truth, proposal = parse_label(f), proposals.get(f, (None, 0.0))[0]
+            truth, proposal = true_label(f), proposals.get(f, (None, 0.0))[0]
             keys, typed = keys + keystrokes(proposal, truth), typed + keystrokes(None, truth)
             run.keys.append(keys)
             run.typed.append(typed)
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             pool, test = split_files(files, args.seed, None)
             arch = ARCH.get(name, base.arch)
-            cfg = replace(base, arch=arch, seed=args.seed, alphabet=infer_alphabet(parse_label(f) or "" for f in files))
+            cfg = replace(base, arch=arch, seed=args.seed, alphabet=infer_alphabet(true_label(f) or "" for f in files))
             workdir = Path(tmp) / "models" / name
             workdir.mkdir(parents=True)
             trainer = Trainer(cfg, test, workdir)

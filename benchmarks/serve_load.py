@@ -2,23 +2,24 @@
 in-process ``CaptchaRecognizer.predict_batch`` and ddddocr on the same images, then a soak run.
 
 Usage:
-    python benchmarks/serve_load.py                          # both real datasets, 1/8/64 clients, 180 s soak
-    python benchmarks/serve_load.py --soak 60 --clients 1 8 64 --duration 10
+    python benchmarks/serve_load.py                          # four real datasets, 1/8/64 clients, 180 s soak
+    python benchmarks/serve_load.py --datasets percent4-digits --soak 60 --clients 1 8 64 --duration 10
     python benchmarks/serve_load.py --quick                  # a few seconds on generated captchas
     python benchmarks/serve_load.py --markdown docs/results.md
 
-The server runs as a child process on a free 127.0.0.1 port and serves one model per dataset:
-percent4-digits with the shipped ``captcha_recognize.pth``, captcha-images-v2 with a freshly
-initialised CRNN of the input size training would pick (weights do not change the speed). The
-clients are a load generator on plain asyncio streams in this process, each sending one image per request
+The server runs as a child process on a free 127.0.0.1 port and serves one model per dataset: the
+model the default training command makes from the set's training split (seed 0, 80% of the set;
+trained once and kept in ``bench_out/models/``), and the clients send the 20% test split it never
+saw (``--quick``: the shipped ``captcha_recognize.pth`` on generated captchas). The clients are a
+load generator on plain asyncio streams in this process, each sending one image per request
 (multipart) and waiting for the answer, for ``--duration`` seconds or ``--max-requests`` per
 level; an answer counts as an error unless it is a 200 with the text the model reads in-process.
-In-process rows: ``predict_batch`` over all of the dataset's images, again and again (throughput,
+In-process rows: ``predict_batch`` over all of the dataset's test images, again and again (throughput,
 a mean over the time, as the server rows are), and ``predict`` one image at a time (latency);
 ddddocr (if installed) reads the same bytes one at a time. Each dataset's in-process throughput is
 measured right before its server rows and again right after them, with the server idle, so that
 a share of in-process throughput compares measurements of the same minutes. The
-soak run keeps ``--soak-clients`` clients on both models for ``--soak`` seconds and samples the
+soak run keeps ``--soak-clients`` clients on all models for ``--soak`` seconds and samples the
 server's resident memory.
 """
 from __future__ import annotations
@@ -35,13 +36,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlsplit
 
-from captcha_recognize.bench import DATASETS, ROOT, machine, publish
-from captcha_recognize.reading.checkpoint import untrained_checkpoint
+from captcha_recognize.bench import DATASETS, ROOT, machine, publish, trained_model, true_label
 
 from captcha_recognize.cli.common import Parser, non_negative_float, positive_float, positive_int
-from captcha_recognize.data.preprocess import CHANNELS, MAX_HEIGHT, Preprocess, auto_size
-from captcha_recognize.data.labels import infer_alphabet, parse_label
-from captcha_recognize.data.folders import list_images, load_images
+from captcha_recognize.data.labels import infer_alphabet
+from captcha_recognize.data.folders import list_images
 from captcha_recognize.reading.recognizer import CaptchaRecognizer
 from captcha_recognize.serve.config import ServeConfig
 from captcha_recognize.serve.process import server_process
@@ -58,6 +57,7 @@ class Workload:
     model: Path
     blobs: list[bytes]
     expected: list[str]
+    labels: list[str]
     bodies: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -71,19 +71,24 @@ def multipart(image: bytes) -> bytes:
     return head + image + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def workload(name: str, folder: Path, workdir: Path) -> Workload:
-    """The images of ``folder`` and the model that serves them."""
-    files = list_images([folder])
-    images, files = load_images(files)
-    labels = [parse_label(f) or "" for f in files]
-    if name in ("percent4-digits", "generated"):  # 4-digit 50x22 captchas: the shipped model's kind
-        model = SHIPPED
+def workload(name: str, folder: Path) -> Workload:
+    """A dataset's test images and the model that serves them: the one training makes from the rest
+    (``trained_model``), or for generated captchas the shipped checkpoint on all of them."""
+    if name == "generated":
+        model, files = SHIPPED, list_images([folder])
     else:
-        w, h = auto_size([im.size for im in images], MAX_HEIGHT["crnn"])
-        model = untrained_checkpoint(workdir / f"{name}.pth", "crnn", infer_alphabet(labels), max(map(len, labels)),
-                                     Preprocess(w, h, CHANNELS["crnn"]))
+        model, files = trained_model(name, folder)
     blobs = [f.read_bytes() for f in files]
-    return Workload(name, model, blobs, [t for t, _ in CaptchaRecognizer(model).predict_batch(blobs)])
+    expected = [t for t, _ in CaptchaRecognizer(model).predict_batch(blobs)]
+    return Workload(name, model, blobs, expected, [true_label(f) or "" for f in files])
+
+
+def model_note(w: Workload) -> str:
+    """Which model served ``w`` and how many of its images it reads right."""
+    right = sum(e == t for e, t in zip(w.expected, w.labels))
+    source = ("the shipped captcha_recognize.pth" if w.model == SHIPPED else
+              "the default training command's model of the set's training split (seed 0)")
+    return f"- {w.name}: {source}, reading {right} of the {len(w.blobs)} images sent right"
 
 
 # ------------------------------------------------------------------------- measuring
@@ -289,6 +294,9 @@ def targets(rows: list[dict[str, Any]], soaked: Run | None, samples: list[tuple[
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few seconds on generated captchas (smoke run)")
+    p.add_argument("--datasets", nargs="+", choices=list(DATASETS), metavar="NAME",
+                   default=["percent4-digits", "captcha-images-v2", "rkn-securimage", "fssp-cyrillic"],
+                   help="sets under ../shared/data to serve")
     p.add_argument("--clients", nargs="+", type=positive_int, default=[1, 8, 64], metavar="N",
                    help="concurrent clients per level")
     p.add_argument("--duration", type=positive_float, default=10.0, metavar="S", help="seconds per level")
@@ -352,11 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             generate(workdir / "generated", 64, seed=5, show=False)
             folders = {"generated": workdir / "generated"}
         else:
-            folders = {k: v for k, v in DATASETS.items() if v.is_dir()}
+            folders = {k: DATASETS[k] for k in args.datasets if DATASETS[k].is_dir()}
             if not folders:
-                print("error: no dataset found under ../shared/data", file=sys.stderr)
+                print("error: none of the datasets is under ../shared/data", file=sys.stderr)
                 return 1
-        works = [workload(name, folder, workdir) for name, folder in folders.items()]
+        works = [workload(name, folder) for name, folder in folders.items()]
         rows, soaked, samples = measure(works, args, workdir / "server.log")
     d = ServeConfig()
     notes = [f"Server: {args.workers} worker process(es), default batching (--max-batch {d.max_batch}, "
@@ -364,11 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{args.server_args}".rstrip() + "; clients: asyncio streams in the benchmark process on the same "
              "machine, one keep-alive connection each, one image per request (multipart); errors: not a 200 "
              "with the in-process text.",
-             "In-process rows (the server idle): img/s of predict_batch over all of the dataset's images, again "
+             "In-process rows (the server idle): img/s of predict_batch over all of the images sent, again "
              "and again for --duration / 2 seconds right before the dataset's server rows and as long right "
              "after them; requests, p50 and p99: predict on one image at a time. "
              "ddddocr: one image at a time, bytes in, text out."]
-    table = "\n".join([format_table(rows), "", *targets(rows, soaked, samples), "", *notes, "", machine()])
+    served = ["Models:", *map(model_note, works)]
+    table = "\n".join([format_table(rows), "", *targets(rows, soaked, samples), "", *served, "", *notes, "",
+                       machine()])
     return publish(table, args.markdown, argv)
 
 

@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from captcha_recognize.bench import DATASETS, ROOT, chromium, machine, publish, static_site
+from captcha_recognize.bench import DATASETS, ROOT, chromium, machine, publish, static_site, true_label
 
 import torch
 
 from captcha_recognize.reading.checkpoint import untrained_checkpoint
 from captcha_recognize.cli.common import Parser, positive_int
 from captcha_recognize.data.preprocess import CHANNELS, Preprocess, auto_size, max_height
-from captcha_recognize.data.labels import infer_alphabet, parse_label
+from captcha_recognize.data.labels import infer_alphabet
 from captcha_recognize.data.folders import list_images, load_images
 from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
 from captcha_recognize.data.synthetic import generate
@@ -165,7 +165,7 @@ def bench_dataset(name: str, folder: str, archs: Sequence[str], repeats: int, pe
                   workdir: Path, browser: bool = False) -> list[dict[str, Any]]:
     files = list_images([folder])
     images, _ = load_images(files)
-    labels = [parse_label(f) for f in files]
+    labels = [true_label(f) for f in files]
     alphabet, length = infer_alphabet(labels), max(len(s) for s in labels)
     dddd = time_ddddocr(files, alphabet)
     rows = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.server
 import os
 import platform
@@ -20,8 +21,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from captcha_recognize.data.folders import split_indices
-from captcha_recognize.data.labels import parse_label
+from captcha_recognize.data.folders import list_images, split_indices
+from captcha_recognize.data.labels import parse_label, recurring_symbols
 from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
 from captcha_recognize.reading.scores import score
 from captcha_recognize.runtime import PACKAGE_PARENT
@@ -51,11 +52,59 @@ def split_files(files: Sequence[Path], seed: int, n_train: int | None) -> tuple[
     return [files[i] for i in sorted(chosen)], [files[i] for i in test]
 
 
+MODELS = ROOT / "bench_out" / "models"  # trained_model's cache
+
+
+def trained_model(name: str, folder: Path, seed: int = 0, n_train: int | None = None) -> tuple[Path, list[Path]]:
+    """(checkpoint, test files): the model the default command trains on ``folder``'s training split of
+    ``seed`` (``split_files``: ``n_train`` of its 80%, all for None), and the 20% it never saw. Trained
+    once and kept in ``bench_out/models/`` under a name that holds the split's file names: delete it to
+    train anew."""
+    from captcha_recognize.training import TrainConfig, train
+    files = list_images([folder])
+    train_files, test = split_files(files, seed, n_train)
+    key = hashlib.sha256("\n".join(f.name for f in train_files).encode()).hexdigest()[:12]
+    out = MODELS / f"{name}-{len(train_files)}-seed{seed}-{key}.pth"
+    if not out.exists():
+        print(f"  {name}: training the default recipe on {len(train_files)} images (seed {seed}) into {out}",
+              file=sys.stderr)
+        MODELS.mkdir(parents=True, exist_ok=True)
+        train(TrainConfig(data=[str(f) for f in train_files], out=str(out), seed=seed, plot="none", quiet=True))
+    return out, test
+
+
+def validation_of(ckpt_path: Path) -> tuple[list[Path], list[str]]:
+    """The files and labels the training of ``ckpt_path`` held out for validation (and calibration):
+    its config's data read as training read it, split as training split it."""
+    from captcha_recognize.data.folders import read_labelled
+    from captcha_recognize.reading.checkpoint import load_checkpoint
+    from captcha_recognize.reading.spec import ModelSpec
+    from captcha_recognize.training.task import validation_indices
+    ckpt = load_checkpoint(ckpt_path)
+    cfg, spec = ckpt["config"], ModelSpec.from_checkpoint(ckpt)
+    data = read_labelled(cfg["data"], cfg["alphabet"], spec.rules, cfg["recursive"])
+    keep = [i for i, s in enumerate(data.labels) if spec.converter.accepts(s)]
+    seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]  # TrainConfig.val_seed
+    _, va = validation_indices(len(keep), cfg["val_split"], seed)
+    return [data.paths[keep[i]] for i in va], [data.labels[keep[i]] for i in va]
+
+
+@functools.lru_cache(maxsize=None)
+def folder_symbols(folder: Path) -> str:
+    """The symbols that are label text in ``folder``'s names (``recurring_symbols``), as training reads them."""
+    return recurring_symbols(list_images([folder]))
+
+
+def true_label(path: str | os.PathLike) -> str | None:
+    """The label a dataset file's name holds, read as training reads its folder (``3+4=.png``: ``3+4=``)."""
+    return parse_label(path, symbols=folder_symbols(Path(path).parent.resolve()))
+
+
 def test_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str, Any]:
     """``score`` on ``test``, plus ``wrong``: the misread files as ``name->prediction``, and ``misread``:
     them as ``(path, label, prediction, confidence)`` for a contact sheet."""
     results = predict_files(rec, test)
-    preds, labels = [r["prediction"] for r in results], [parse_label(r["path"]) for r in results]
+    preds, labels = [r["prediction"] for r in results], [true_label(r["path"]) for r in results]
     misread = [(r["path"], t, p, r["confidence"]) for r, p, t in zip(results, preds, labels) if p != t]
     wrong = [f"{Path(path).name}->{p}" for path, _, p, _ in misread]
     return {**score(preds, labels), "wrong": wrong, "misread": misread}

@@ -190,6 +190,8 @@ def test_serve_load_benchmark_quick(tmp_path):
         assert row[4] == ("0" if row[1] == "server" else "-")  # every answer a 200 with the in-process text
     assert re.search(r"^- soak \d+ s: \d+ requests, 0 errors, .* server RSS MB 0s \d+", r.stdout, re.M)
     assert re.search(r"^- generated, 8 clients: p99 [\d.]+ ms \(target < 50 ms: (met|missed)\)", r.stdout, re.M)
+    assert re.search(r"^- generated: the shipped captcha_recognize.pth, reading \d+ of the 64 images sent right$",
+                     r.stdout, re.M)
     assert_names_machine(r.stdout)
     assert "`python benchmarks/serve_load.py --quick` (" in md.read_text()
 
@@ -227,7 +229,7 @@ def test_serve_load_clients_count_every_wrong_or_failed_answer():
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with server:
-            w = Workload("m", ROOT / "x.pth", [b"png-bytes"], ["1234"])
+            w = Workload("m", ROOT / "x.pth", [b"png-bytes"], ["1234"], ["1234"])
             return await load(f"http://127.0.0.1:{port}", [w], 1, 10.0, 6)
     run = asyncio.run(main())
     assert run.requests == 6 and len(run.errors) == 4
@@ -235,3 +237,63 @@ def test_serve_load_clients_count_every_wrong_or_failed_answer():
     assert "IncompleteReadError" in run.errors[2] and "without Content-Length" in run.errors[3]
     assert all(b"POST /v1/recognize?model=m HTTP/1.1" in s and s.endswith(b"png-bytes\r\n--captchaloadboundary--\r\n")
                for s in seen)
+
+
+def test_a_benchmark_model_is_trained_once_on_the_training_split_alone(tmp_path, monkeypatch):
+    """``bench.trained_model``: the default command's model of a set's training split, kept and reused,
+    and the test files it returns are the ones training never saw."""
+    import captcha_recognize.training
+    from captcha_recognize import bench
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for i in range(50):
+        (folder / f"{i:04d}.png").write_bytes(b"png")
+    seen: list[list[str]] = []
+
+    def fake_train(cfg):
+        seen.append(cfg.data)
+        Path(cfg.out).write_bytes(b"checkpoint")
+    monkeypatch.setattr(bench, "MODELS", tmp_path / "models")
+    monkeypatch.setattr(captcha_recognize.training, "train", fake_train)
+    first, test = bench.trained_model("set", folder)
+    again, test_again = bench.trained_model("set", folder)
+    assert first == again and first.parent == tmp_path / "models" and first.read_bytes() == b"checkpoint"
+    assert len(seen) == 1 and test == test_again and len(test) == 10  # trained once; 20% held out
+    assert not {str(f) for f in test} & set(seen[0]) and len(seen[0]) == 40
+    other, _ = bench.trained_model("set", folder, seed=1)
+    assert other != first and len(seen) == 2  # another split, another model
+
+
+def test_accept_rows_count_what_the_threshold_lets_through_and_name_each_target():
+    accept = benchmark("accept")
+    a = {"confidence": [0.99, 0.9, 0.8, 0.7], "right": [True, True, False, True], "accept": [True, True, True, False],
+         "threshold": 0.75, "n_val": 10}
+    r = accept.row("s", "all", 0, a)
+    assert (r["accuracy"], r["coverage"], r["wrong_accepted"]) == (0.75, 0.75, 1)
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
+    assert r["curve"] == [(0.25, 1.0), (0.5, 1.0), (0.75, pytest.approx(2 / 3)), (1.0, 0.75)]
+    assert accept.targets([r]) == ["- s, all labels, seed 0: precision 66.67% (target >= 99% on every row: missed)"]
+    good = accept.row("s", "all", 0, {**a, "right": [True] * 4, "accept": [True, True, True, False]})
+    assert accept.targets([good]) == [
+        "- s, all labels, seed 0 (read 100.00%): precision 100.00% (target >= 99.5%: met), recall 75.00% "
+        "(target >= 95%: missed)",
+        "- s, all labels, seed 0: precision 100.00% (target >= 99% on every row: met)"]
+    none = accept.row("s", "50", 0, {**a, "accept": [False] * 4, "threshold": 2.0})
+    assert none["precision"] is None and "nothing accepted" in accept.targets([none])[0]
+    assert "| none |" in accept.format_table([none])
+
+
+@pytest.mark.slow
+def test_accept_benchmark_calibrates_on_the_images_training_held_out(calibrated_ckpt, digits_dir, tmp_path):
+    """``bench.validation_of`` finds the validation images training calibrated on: calibrating again on
+    them gives the stored temperature and threshold."""
+    from captcha_recognize.data.folders import list_images
+    from captcha_recognize.reading.checkpoint import load_checkpoint
+    accept = benchmark("accept")
+    test = list_images([digits_dir])[:20]
+    a = accept.answers(calibrated_ckpt, test, tmp_path)
+    stored = load_checkpoint(calibrated_ckpt)
+    assert a["n_val"] == stored["calibration"]["n"] == 128
+    assert a["threshold"] == pytest.approx(stored["threshold"], rel=1e-9)
+    assert len(a["right"]) == 20 and 0 < sum(a["right"])
+    assert load_checkpoint(tmp_path / calibrated_ckpt.name)["temperature"] == pytest.approx(stored["temperature"])

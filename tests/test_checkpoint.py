@@ -220,3 +220,42 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
     removed = remove_stale_temporaries(tmp_path / "m.pth")
     assert sorted(p.name for p in removed) == [".m.pth.tmp123", ".m.pth.tmp9"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pth.tmp1", "m.pth"]
+
+
+HUNG_SAVE = """
+import sys, time, torch
+from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint
+def hung(obj, f, *args, **kwargs):  # half of the file written, then the process is killed
+    with open(f, "wb") as fh:
+        fh.write(b"PK half a checkpoint")
+    print("writing", flush=True)
+    time.sleep(120)
+torch.save = hung
+atomic_save(load_checkpoint(sys.argv[1]), sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_a_process_killed_while_saving_leaves_the_old_checkpoint_and_the_next_run_clears_its_temporary(
+        fresh_ckpt, digits_dir, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from captcha_recognize.runtime import child_env
+    target = shutil.copy(fresh_ckpt, tmp_path / "m.pth")
+    before = target.read_bytes()
+    saving = subprocess.Popen([sys.executable, "-c", HUNG_SAVE, str(fresh_checkpoint(tmp_path / "b.pth", seed=1)),
+                               str(target)], stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert saving.stdout.readline().strip() == "writing"
+    finally:
+        saving.kill()
+        saving.wait(30)
+    temps = list(tmp_path.glob(".m.pth.tmp*"))
+    assert len(temps) == 1 and target.read_bytes() == before  # the old checkpoint whole, untouched
+    assert CaptchaRecognizer(target).arch == "cnn"
+    r = run_script("torch_model_train.py", "--data", str(digits_dir), "--out", str(target), "--epochs", "1",
+                   "--arch", "cnn", "--plot", "none")
+    assert r.returncode == 0, r.stderr
+    assert f"removed {temps[0].name}, left by an interrupted save" in r.stdout + r.stderr
+    assert not list(tmp_path.glob(".m.pth.tmp*")) and CaptchaRecognizer(target).arch == "cnn"

@@ -65,7 +65,8 @@ def test_predict_cli_nothing_readable_exits_1(cnn_ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_train_cli_bad_data_is_one_line(tmp_path):
-    r = run_script("torch_model_train.py", "--data", str(tmp_path), "--out", str(tmp_path / "x.pth"))
+    (tmp_path / "data").mkdir()
+    r = run_script("torch_model_train.py", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "x.pth"))
     assert r.returncode == 1 and r.stderr.strip().startswith("error: no images")
     assert not (tmp_path / "x.pth").exists()
 
@@ -175,8 +176,9 @@ def test_odd_file_names_never_crash_an_ascii_console(fresh_ckpt, digits_dir, tmp
 @pytest.mark.slow
 def test_a_second_training_of_the_same_output_refuses_at_start(tmp_path):
     from captcha_recognize.files import output_lock
+    (tmp_path / "data").mkdir()
     with output_lock(tmp_path / "m.pth"):  # a first run holds it
-        r = run_script("torch_model_train.py", "--data", str(tmp_path), "--out", str(tmp_path / "m.pth"))
+        r = run_script("torch_model_train.py", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "m.pth"))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         f"error: another training (pid {os.getpid()}) is writing {tmp_path / 'm.pth'}: wait for it to finish or "
         "give another --out"]

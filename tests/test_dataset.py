@@ -190,6 +190,41 @@ def test_bad_files_are_skipped_with_one_warning(tmp_path, capsys):
         assert name in err[0]
 
 
+def arithmetic_folder(folder, texts):
+    folder.mkdir()
+    for i, t in enumerate(texts):
+        render_captcha(t, i, 100, 40).save(folder / f"{t}_{i}.png")
+    return folder
+
+
+def test_symbols_that_recur_in_most_names_join_the_labels_and_training_says_which(tmp_path, capsys):
+    texts = ["3+4=", "12-5=", "8x6=", "9+1=", "7-2=", "5+5=", "6x3=", "4-1="]
+    data = read_labelled([arithmetic_folder(tmp_path / "math", texts)])
+    assert sorted(data.labels) == sorted(texts)
+    err = capsys.readouterr().err
+    assert "labels: '+', '-', '=' recur in 8 of the 8 file names and are read as characters of the labels" in err
+    assert "unlabelled" not in err
+
+
+def test_a_few_names_with_symbols_among_labels_stay_unlabelled(tmp_path, capsys):
+    texts = [f"{i:04d}" for i in range(20)] + ["copy (1)", "copy (2)", "copy (3)"]
+    data = read_labelled([arithmetic_folder(tmp_path / "mixed", texts)])
+    assert len(data.labels) == 20 and all(t.isdigit() for t in data.labels)  # 3 of 23 names: no label text
+    assert "skipped 3 unlabelled files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("alphabet, hint", [
+    (None, "the names hold '+', '-': if they are part of the captchas' text, give every character with "
+           "--alphabet +-1345"),
+    ("0123456789", "the names hold '+', '-', which --alphabet '0123456789' lacks"),
+])
+def test_no_name_a_label_names_the_alphabet_to_give(tmp_path, alphabet, hint):
+    folder = arithmetic_folder(tmp_path / "two", ["3+4", "5-1"])  # too few to recur: no label text
+    with pytest.raises(DataError, match="none of the 2 file names") as e:
+        read_labelled([folder], alphabet)
+    assert str(e.value).endswith(hint)
+
+
 def test_unlabelled_files_are_skipped(tmp_path, capsys):
     render_captcha("1234", 0, 100, 40).save(tmp_path / "1234.png")
     render_captcha("1234", 0, 100, 40).save(tmp_path / "photo (1).png")

@@ -278,3 +278,58 @@ def test_a_source_gone_or_an_output_that_cannot_be_written_is_a_409_and_nothing_
         assert r.status_code == 409 and r.json()["detail"].endswith("Permission denied; nothing was saved")
         assert page.post("/api/label", json={**CLIENT, "id": second["id"], "label": "5678"}).status_code == 200
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["5678.png"]
+
+
+HUNG_COPY = """
+import sys, time
+from captcha_recognize.labelling import store
+def hung(src, dest):  # a label's copy is under way when the page is killed
+    dest.with_name(store.TMP_PREFIX + "killed.tmp").write_bytes(src.read_bytes()[:10])
+    print("copying", flush=True)
+    time.sleep(120)
+store.copy_atomically = hung
+from captcha_recognize.cli.label import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_page_killed_during_a_save_starts_again_with_nothing_lost_or_half_written(tmp_path, digits_dir, capsys):
+    import re
+    import subprocess
+    import sys
+    import threading
+    import httpx
+    from captcha_recognize.runtime import child_env
+    raw, out, port = raw_folder(tmp_path, digits_dir), tmp_path / "out", free_port()
+    url = f"http://127.0.0.1:{port}"
+    page = subprocess.Popen([sys.executable, "-c", HUNG_COPY, str(raw), "--out", str(out), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                token = re.search(r'name="labelling-token" content="([^"]+)"', httpx.get(url).text).group(1)
+                break
+            except httpx.TransportError:
+                assert page.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        headers = {"X-Labelling-Token": token}
+        item = httpx.post(f"{url}/api/claim", json={**CLIENT, "n": 1}, headers=headers).json()["items"][0]
+        threading.Thread(target=lambda: httpx.post(f"{url}/api/label", json={**CLIENT, "id": item["id"],
+                         "label": "1234"}, headers=headers, timeout=60), daemon=True).start()
+        while (line := page.stdout.readline()) and line.strip() != "copying":
+            pass
+    finally:
+        page.kill()
+        page.wait(30)
+    assert [f.name for f in out.iterdir()] == [".labelling-killed.tmp"]  # half a copy, the state says 'saving'
+    settings = Settings(mode="label", source=raw, out=out, alphabet="0123456789")
+    with page_client(create_app(Session(settings))) as client:
+        assert "recovered 1 image(s) from an interrupted save or undo" in capsys.readouterr().err
+        assert list(out.iterdir()) == []  # the half copy is gone
+        assert client.get("/api/status").json()["stats"]["remaining"] == 6  # the image is back to label
+        again = client.post("/api/claim", json={**CLIENT, "n": 6}).json()["items"]
+        assert item["id"] in [i["id"] for i in again]
+        r = client.post("/api/label", json={**CLIENT, "id": item["id"], "label": "1234"})
+        assert r.status_code == 200 and [f.name for f in out.iterdir()] == ["1234.png"]

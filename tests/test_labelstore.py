@@ -89,7 +89,7 @@ def test_a_failed_write_leaves_no_file_and_the_image_to_label(tmp_path, raw, mon
     def disk_full(src, dst):
         raise OSError("no space left on device")
     monkeypatch.setattr(labelstore.os, "replace", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(Conflict, match="cannot write .*1234.png: no space left on device; nothing was saved"):
         store.label(CLIENT, item.id, "1234")
     assert out_files(store) == []  # no temporary file left either
     assert store.item(item.id).status == "todo"

@@ -5,6 +5,7 @@ import time
 from dataclasses import replace
 
 import pytest
+import torch
 
 from captcha_recognize.reading.checkpoint import load_checkpoint
 from conftest import ROOT
@@ -233,3 +234,35 @@ def test_unlabelled_images_that_copy_a_labelled_one_are_left_out(digits_dir, tmp
     (tmp_path / "unl" / "copy.png").write_bytes(sorted(digits_dir.iterdir())[0].read_bytes())  # a labelled image again
     images, paths = read_unlabelled(str(tmp_path / "unl"), False, [str(digits_dir)])
     assert sorted(p.name for p in paths) == sorted(truth) and len(images) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, kept", [(0.0, 1), (-0.25, 0)])
+def test_a_round_is_kept_when_it_validates_as_well_and_dropped_when_worse(tmp_path, capsys, monkeypatch, change, kept):
+    """Round 1's validation score set to round 0's (kept: the pseudo-labels did no harm) or a quarter under
+    it (dropped): the output holds the weights of the round kept, and a drop is said."""
+    import shutil
+    labelled, _ = labelled_and_pool(tmp_path)
+    saved, vals = {}, []  # each round's checkpoint, copied before the rounds' folder goes; its score
+
+    def round_scored(cfg, events, **kw):
+        result = train_supervised(cfg, events, **kw)
+        if vals:  # round 1: scored relative to round 0
+            result.best["sequence_accuracy"] = vals[0] + change
+        vals.append(result.best["sequence_accuracy"])
+        saved[len(saved)] = shutil.copy(result.out, tmp_path / f"round{len(saved)}.pth")
+        return result
+
+    monkeypatch.setattr(selftrain, "train_supervised", round_scored)
+    result = train(TrainConfig(data=[str(labelled)], unlabelled=str(tmp_path / "unl"), rounds=1, epochs=2, lr=1e-3,
+                               init_from=str(ROOT / "captcha_recognize.pth"), val_split=0.25, batch_size=16,
+                               out=str(tmp_path / "m.pth"), plot="none", show_errors=0))
+    out = capsys.readouterr().out
+    assert len(vals) == 2 and [h["round"] for h in result.rounds] == [0, 1]
+    ckpt = load_checkpoint(tmp_path / "m.pth")
+    assert result.rounds[-1]["kept"] == kept and ckpt["self_training"][-1]["kept"] == kept
+    assert result.best["sequence_accuracy"] == vals[kept]
+    mine, theirs = ckpt["model"], load_checkpoint(saved[kept])["model"]
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)  # the kept round's weights, not the last's
+    assert ("round 1 read the validation split worse" in out) == (kept == 0)
+    assert f"kept round {kept}: validation sequence accuracy" in out

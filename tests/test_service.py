@@ -663,3 +663,34 @@ def test_workers_stop_when_their_server_process_is_killed(fresh_ckpt, tmp_path):
         assert not [p for p in workers if running(p)], "a worker still runs"
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/healthz", timeout=2)
+
+
+@pytest.mark.slow
+def test_a_replaced_onnx_export_is_reloaded_by_every_worker(images, tmp_path):
+    from captcha_recognize.reading.export import export_onnx
+    a = export_onnx(fresh_checkpoint(tmp_path / "a.pth", seed=0), tmp_path / "a.onnx")
+    b = export_onnx(fresh_checkpoint(tmp_path / "b.pth", seed=1), tmp_path / "b.onnx")
+    files = images[:8]
+    want_a, want_b = [p.text for p in expected(a, files)], [p.text for p in expected(b, files)]
+    assert want_a != want_b
+    live, log = shutil.copy(a, tmp_path / "live.onnx"), tmp_path / "log"
+
+    def readings() -> list[str]:  # each on a new connection, so both workers take some
+        answers = [httpx.post(f"{url}/v1/recognize", files={"file": ("x.png", f.read_bytes())}) for f in files
+                   for _ in range(3)]
+        return [r.json()["results"][0]["text"] for r in answers]
+
+    def logged(text: str, count: int) -> None:
+        deadline = time.monotonic() + 30
+        while log.read_text().count(text) < count:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+
+    with server_process(["--model", f"live={live}", "--workers", "2", "--reload-interval", "0.2"], log) as (url, _):
+        assert readings() == [t for t in want_a for _ in range(3)]
+        replace_atomically(b, live)
+        logged("reloaded model live", 2)  # once in each worker
+        assert readings() == [t for t in want_b for _ in range(3)]
+        replace_atomically(b"not an onnx file", live)
+        logged("previous version keeps serving", 2)
+        assert readings() == [t for t in want_b for _ in range(3)]

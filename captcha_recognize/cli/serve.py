@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -89,7 +88,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from captcha_recognize.reading.recognizer import CaptchaRecognizer
-    from captcha_recognize.serve.app import create_app
+    from captcha_recognize.serve.app import create_app, log_to_console
 
     cfg = config(args)
     pick_device(cfg.device)  # a GPU that is not there is one line, not a traceback in each worker
@@ -97,7 +96,7 @@ def serve(args: argparse.Namespace) -> int:
     cfg.api_key()
     for name, path in cfg.models.items():  # fail here, in one line, rather than in each worker
         CaptchaRecognizer(path)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
+    log_to_console()
     options = dict(host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info",
                    timeout_keep_alive=5, timeout_graceful_shutdown=cfg.shutdown_timeout)
     if args.workers > 1:  # each worker process builds its app from the configuration in the environment

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Sequence
 from PIL import Image, UnidentifiedImageError
 
 from captcha_recognize.data.images import open_image
-from captcha_recognize.data.labels import LABEL_HELP, LabelRules, parse_label
+from captcha_recognize.data.labels import (LABEL_HELP, LabelRules, name_text, parse_label, recurring_symbols,
+                                          stray_characters)
 from captcha_recognize.errors import DataError
 from captcha_recognize.text import plural, shown
 
@@ -100,16 +102,43 @@ def labelled_files(inputs: Sequence[str | os.PathLike], alphabet: str | None = N
 
     Raises ``DataError`` if there are no images, or no name is a label.
     """
+    return [f for f, _ in labelled(inputs, alphabet, rules, recursive)]
+
+
+def labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = None, rules: LabelRules | None = None,
+             recursive: bool = False) -> list[tuple[Path, str]]:
+    """``(file, label)`` for the image files whose names are labels; warns once about the others.
+    Without an alphabet, symbols that recur across most names are label text (``recurring_symbols``),
+    and a line says so. Raises ``DataError`` if there are no images, or no name is a label."""
     files = list_images(inputs, recursive)
     where = ", ".join(map(shown, inputs))
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {where}")
-    labelled = [(f, parse_label(f, alphabet, rules)) for f in files]
-    unlabelled = [(f, "not a label") for f, lab in labelled if lab is None]
+    symbols = recurring_symbols(files, rules) if alphabet is None else ""
+    found = [(f, parse_label(f, alphabet, rules, symbols)) for f in files]
+    unlabelled = [(f, "not a label") for f, lab in found if lab is None]
     if len(unlabelled) == len(files):
-        raise DataError(f"none of the {len(files)} file names in {where} is a label: {LABEL_HELP}")
+        raise DataError(f"none of the {len(files)} file names in {where} is a label: {LABEL_HELP}"
+                        + alphabet_hint(files, alphabet, rules))
+    if symbols:
+        holding = sum(any(c in symbols for c in lab) for _, lab in found if lab is not None)
+        print(f"labels: {', '.join(map(repr, symbols))} recur in {holding} of the {len(files)} file names and are "
+              "read as characters of the labels (--alphabet to choose the characters yourself)", file=sys.stderr)
     warn_skipped(unlabelled, "unlabelled file")
-    return [f for f, lab in labelled if lab is not None]
+    return [(f, lab) for f, lab in found if lab is not None]
+
+
+def alphabet_hint(files: Sequence[Path], alphabet: str | None, rules: LabelRules | None) -> str:
+    """What to pass when no name is a label because of characters the labels may not hold."""
+    stray = stray_characters(files, alphabet, rules)
+    if not stray or stray.isspace():
+        return ""
+    shown_chars = ", ".join(map(repr, stray[:8])) + (" ..." if len(stray) > 8 else "")
+    if alphabet is not None:
+        return f"; the names hold {shown_chars}, which --alphabet {alphabet!r} lacks"
+    chars = "".join(sorted({c for f in files for c in name_text(f) if not c.isspace()}))
+    return (f"; the names hold {shown_chars}: if they are part of the captchas' text, give every character with "
+            f"--alphabet {shlex.quote(chars)}")
 
 
 def read_labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = None,
@@ -118,11 +147,12 @@ def read_labelled(inputs: Sequence[str | os.PathLike], alphabet: str | None = No
 
     Raises ``DataError`` if nothing usable remains.
     """
-    keep = labelled_files(inputs, alphabet, rules, recursive)
-    images, ok = load_images(keep)
+    found = labelled(inputs, alphabet, rules, recursive)
+    label_of = dict(found)
+    images, ok = load_images([f for f, _ in found])
     if not images:
-        raise DataError(f"none of the {len(keep)} labelled images in {', '.join(map(shown, inputs))} could be read")
-    return LabelledImages(images, [parse_label(f, alphabet, rules) for f in ok], ok)
+        raise DataError(f"none of the {len(found)} labelled images in {', '.join(map(shown, inputs))} could be read")
+    return LabelledImages(images, [label_of[f] for f in ok], ok)
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:

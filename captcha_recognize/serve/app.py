@@ -198,6 +198,13 @@ def create_app(cfg: ServeConfig, parent: int | None = None) -> Front:
     return Front(app, service, key)  # outside FastAPI's own middleware, which costs time per request
 
 
+def log_to_console() -> None:
+    """The service's own lines (models served, reloaded, failing) on standard error, in the server
+    process and in each ``--workers`` process alike."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
+
+
 def app_from_env() -> Front:
     """The app of each ``--workers`` process: its configuration comes in ``CAPTCHA_SERVE_CONFIG``."""
+    log_to_console()
     return create_app(config_from_env(), parent=os.getppid())

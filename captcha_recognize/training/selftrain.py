@@ -33,8 +33,7 @@ from PIL import Image
 
 from captcha_recognize.data.arrays import to_arrays
 from captcha_recognize.data.augment import Augment, augment
-from captcha_recognize.data.folders import LabelledImages, labelled_files, list_images, load_images
-from captcha_recognize.data.labels import parse_label
+from captcha_recognize.data.folders import LabelledImages, labelled, list_images, load_images
 from captcha_recognize.errors import ConfigError, DataError
 from captcha_recognize.files import output_lock
 from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint
@@ -79,8 +78,7 @@ def digest(path: Path) -> str:
 
 def labelled_texts(cfg: TrainConfig) -> list[str]:
     """The labels of the labelled images."""
-    rules = label_rules(cfg, None)
-    return [parse_label(f, cfg.alphabet, rules) for f in labelled_files(cfg.data, cfg.alphabet, rules, cfg.recursive)]
+    return [lab for _, lab in labelled(cfg.data, cfg.alphabet, label_rules(cfg, None), cfg.recursive)]
 
 
 def stable_readings(rec: CaptchaRecognizer, arrays: torch.Tensor, seed: int,

@@ -17,7 +17,7 @@ from captcha_recognize.data.arrays import ArrayDataset
 from captcha_recognize.data.augment import column_spread, text_span
 from captcha_recognize.data.folders import LabelledImages
 from captcha_recognize.device import pick_device
-from captcha_recognize.errors import ConfigError, DataError, Diverged
+from captcha_recognize.errors import DataError, Diverged
 from captcha_recognize.files import output_lock, remove_stale_temporaries
 from captcha_recognize.model import ModelConfig
 from captcha_recognize.reading.calibration import calibrate_checkpoint
@@ -25,16 +25,17 @@ from captcha_recognize.reading.checkpoint import load_checkpoint
 from captcha_recognize.reading.torch_model import evaluate
 from captcha_recognize.reading.scores import format_scores, mistakes_table
 from captcha_recognize.reading.spec import ModelSpec
-from captcha_recognize.runtime import check_writable, default_threads
+from captcha_recognize.runtime import default_threads
 from captcha_recognize.text import plural
 from captcha_recognize.training import loop, plan
-from captcha_recognize.training.config import TrainConfig, check_config, input_defaults, last_path, plot_path
+from captcha_recognize.training.config import TrainConfig, check_config, last_path, plot_path
 from captcha_recognize.training.distributed import ProcessGroup
 from captcha_recognize.training.events import Events, silent
 from captcha_recognize.training.plot import save_plot
 from captcha_recognize.training.recipe import resolve_defaults
 from captcha_recognize.training.result import TrainResult
-from captcha_recognize.training.resume import resumed_cycles, with_resumed
+from captcha_recognize.training.prepare import prepare
+from captcha_recognize.training.resume import resumed_cycles
 from captcha_recognize.training.saver import BestSaver
 from captcha_recognize.training.state import ModelState, build_state
 from captcha_recognize.training.task import (Split, build_datasets, choose_arch, fingerprint, ink_text,
@@ -80,34 +81,6 @@ class Attempt:
 
 
 # ------------------------------------------------------------------------- setting up
-
-def prepare(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """Check the settings and resolve the inputs and outputs, before any data is read."""
-    check_config(cfg)
-    cfg, resume = with_resumed(cfg)
-    cfg = input_defaults(cfg)
-    check_config(cfg)  # a resumed run's own settings too
-    check_writable("out", cfg.out)
-    if cfg.plot not in ("auto", "none"):
-        check_writable("plot", cfg.plot)
-    check_outside_data(cfg)
-    return cfg, resume
-
-
-def check_outside_data(cfg: TrainConfig) -> None:
-    """The curve PNG may not land among the captchas: the next run on that folder would read it as one
-    (``model.png``, labelled "model")."""
-    plot = plot_path(cfg)
-    if plot is None:
-        return
-    where = Path(plot).resolve().parent
-    for folder in map(Path, cfg.data or []):
-        folder = folder.resolve()
-        if folder.is_dir() and (where == folder or (cfg.recursive and folder in where.parents)):
-            flag = "plot" if cfg.plot != "auto" else "out"
-            raise ConfigError(flag, f"{plot} would be written among the captchas of {folder}, where the next run "
-                                    "reads it as one: write outside the data folder (or --plot none)")
-
 
 def describe(run: Run, budget: float) -> str:
     """The run's one-line summary printed before the first epoch."""

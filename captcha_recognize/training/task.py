@@ -164,8 +164,7 @@ def build_datasets(cfg: TrainConfig, data: LabelledImages | None, converter: Lab
         arrays = to_arrays([data.images[i] for i in keep], preprocess)  # (N, C, H, W) uint8
         labels = [data.labels[i] for i in keep]
         names = [data.paths[i].name for i in keep]
-        tr, va = split_indices(len(labels), [cfg.val_split], cfg.val_seed) if cfg.val_split > 0 else (
-            list(range(len(labels))), [])
+        tr, va = validation_indices(len(labels), cfg.val_split, cfg.val_seed)
         train_arrays, train_labels = arrays[tr], [labels[i] for i in tr]
         fit = [i for i, s in enumerate(pseudo.labels) if converter.accepts(s)] if pseudo is not None else []
         if fit:
@@ -185,6 +184,12 @@ def build_datasets(cfg: TrainConfig, data: LabelledImages | None, converter: Lab
     if not parts or not len(parts[0]):
         raise DataError("nothing to train on")
     return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), val
+
+
+def validation_indices(n: int, val_split: float, val_seed: int) -> tuple[list[int], list[int]]:
+    """(training, validation) indices of ``n`` labelled images that fit the alphabet: the split every run
+    with these settings makes."""
+    return split_indices(n, [val_split], val_seed) if val_split > 0 else (list(range(n)), [])
 
 
 def materialize(ds: torch.utils.data.Dataset) -> Split:
