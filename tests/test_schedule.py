@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
 from dataclasses import replace
 
@@ -60,6 +61,16 @@ def test_grown_epochs_fill_the_budget_only_when_far_from_done():
 ])
 def test_still_improving_needs_a_gain_of_one_validation_image(scores, improving):
     assert plan.still_improving(scores, 2, 1 / 20) is improving
+
+
+def test_the_reason_a_schedule_ended_is_said():
+    assert plan.stop_reason([], 3, 0).startswith("the planned epochs are done (no validation images")
+    assert plan.stop_reason([0.5, 1.0], 3, 10) == "validation reads every image right"
+    assert plan.stop_reason([0.5, 0.9], 3, 10).startswith("validation stopped improving (the last 3 epochs read")
+    p = plan.Plan([plan.Cycle(1, 4, 1e-3)], 4, budget=1.0, n_val=10, times=[5.0])
+    report = plan.EpochReport([{"sequence_accuracy": a} for a in (0.1, 0.2, 0.3, 0.9)], 5.0)
+    assert isinstance(p.extend(4, report), plan.Note)  # improving, but no time left for another cycle
+    assert p.ending == "the time budget is spent while validation still improves"
 
 
 def test_at_chance_is_guessing_with_a_loss_that_did_not_fall():
@@ -131,8 +142,10 @@ def test_a_run_still_improving_gets_another_cycle_within_its_budget(digits_dir, 
     monkeypatch.setattr(plan, "still_improving", lambda *a: calls.append(a) or len(calls) == 1)
     result = train(TrainConfig(data=[str(digits_dir)], arch="cnn", epochs=4, out=str(tmp_path / "m.pth"),
                                plot="none", show_errors=0))
-    assert "validation is still improving: 2 more epochs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validation is still improving: 2 more epochs" in out
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6] and len(calls) == 2
+    assert re.search(r"trained 6 epochs in [\d.]+s, as validation (stopped improving|reads every image right)", out)
     assert load_checkpoint(tmp_path / "m.pth")["config"]["epochs"] == 6
 
 

@@ -76,6 +76,16 @@ def still_improving(scores: Sequence[float], window: int, one: float) -> bool:
     return last < 1.0 and last >= before + one - 1e-9
 
 
+def stop_reason(scores: Sequence[float], window: int, n_val: int) -> str:
+    """Why a schedule ends at the end of a cycle whose validation ``scores`` do not call for another one."""
+    if not n_val or not scores:
+        return "the planned epochs are done (no validation images tell whether more would help)"
+    if max(scores) >= 1.0:
+        return "validation reads every image right"
+    return (f"validation stopped improving (the last {plural(window, 'epoch')} read no more than one image "
+            "above the best before them)")
+
+
 def at_chance(history: Sequence[dict[str, Any]], n_classes: int, ctc: bool) -> bool:
     """Whether validation reads no better than guessing: characters right at most twice as often
     as a random pick from the alphabet, and (for the CNN, whose loss starts at chance) a training
@@ -174,6 +184,7 @@ class Plan:
     grown_from: int = 0  # the plan's length before it grew halfway (0: it did not)
     chance_due: int = 0  # the epoch that checks for a run stuck at chance, fixed at the first check
     times: list[float] = field(default_factory=list)  # each epoch's seconds in this process
+    ending: str = ""  # why the schedule ended, once it has (``extend``)
 
     @property
     def epochs(self) -> int:
@@ -263,9 +274,11 @@ class Plan:
         scores = [h["sequence_accuracy"] for h in report.history if "sequence_accuracy" in h]
         window = self.cycles[-1].epochs if len(self.cycles) > 1 else max(1, self.planned // 4)
         if not self.n_val or not still_improving(scores, window, 1 / self.n_val):
+            self.ending = stop_reason(scores, window, self.n_val)
             return None
         n, left = max(1, math.ceil(EXTEND_SHARE * self.planned)), self.seconds_left
         if self.agree(n * self.times[-1] > left):
+            self.ending = "the time budget is spent while validation still improves"
             return Note(f"validation is still improving, but the time budget ({self.budget / 60:.3g} min) is "
                         "spent: --time-budget MINUTES lets it train longer")
         peak = self.cycles[-1].peak * EXTEND_LR

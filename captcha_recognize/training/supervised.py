@@ -330,7 +330,9 @@ def conclude(attempt: Attempt, advise: bool) -> TrainResult:
     summary = (f"best epoch {saver.best.get('epoch')}: sequence accuracy {100 * saver.best['sequence_accuracy']:.2f}%"
                if run.val.labels else "no validation images, saved the last epoch")
     trained = cfg.epochs - attempt.start + 1
-    run.events("trained", f"trained {plural(trained, 'epoch')} in {seconds:.1f}s; {summary} -> {cfg.out}")
+    why = f", as {attempt.plan.ending}" if attempt.plan.ending else ""
+    run.events("trained", f"trained {plural(trained, 'epoch')} in {seconds:.1f}s{why}; {summary} -> {cfg.out}",
+               stopped=attempt.plan.ending)
     advice = guessing_advice(attempt)
     if advice and advise:
         run.events.note(advice)
