@@ -59,17 +59,24 @@ def trained_model(name: str, folder: Path, seed: int = 0, n_train: int | None = 
     """(checkpoint, test files): the model the default command trains on ``folder``'s training split of
     ``seed`` (``split_files``: ``n_train`` of its 80%, all for None), and the 20% it never saw. Trained
     once and kept in ``bench_out/models/`` under a name that holds the split's file names: delete it to
-    train anew."""
+    train anew. A run trains in ``bench_out/models/training/`` and moves there only when it has ended,
+    so an interrupted one is resumed, never taken for a finished model."""
     from captcha_recognize.training import TrainConfig, train
+    from captcha_recognize.training.config import last_path
     files = list_images([folder])
     train_files, test = split_files(files, seed, n_train)
     key = hashlib.sha256("\n".join(f.name for f in train_files).encode()).hexdigest()[:12]
     out = MODELS / f"{name}-{len(train_files)}-seed{seed}-{key}.pth"
     if not out.exists():
+        work = MODELS / "training" / out.name
         print(f"  {name}: training the default recipe on {len(train_files)} images (seed {seed}) into {out}",
               file=sys.stderr)
-        MODELS.mkdir(parents=True, exist_ok=True)
-        train(TrainConfig(data=[str(f) for f in train_files], out=str(out), seed=seed, plot="none", quiet=True))
+        work.parent.mkdir(parents=True, exist_ok=True)
+        resume = "" if Path(last_path(str(work))).exists() else None
+        train(TrainConfig(data=[str(f) for f in train_files], out=str(work), seed=seed, plot="none", quiet=True,
+                          resume=resume))
+        os.replace(work, out)
+        Path(last_path(str(work))).unlink(missing_ok=True)
     return out, test
 
 

@@ -264,6 +264,35 @@ def test_a_benchmark_model_is_trained_once_on_the_training_split_alone(tmp_path,
     assert other != first and len(seen) == 2  # another split, another model
 
 
+def test_an_interrupted_benchmark_model_is_resumed_not_taken_for_finished(tmp_path, monkeypatch):
+    import captcha_recognize.training
+    from captcha_recognize import bench
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for i in range(50):
+        (folder / f"{i:04d}.png").write_bytes(b"png")
+    calls: list[str | None] = []
+
+    def interrupted(cfg):
+        calls.append(cfg.resume)
+        Path(cfg.out).write_bytes(b"best so far")
+        Path(cfg.out).with_name(Path(cfg.out).stem + "_last.pth").write_bytes(b"state")
+        raise KeyboardInterrupt
+
+    def finishing(cfg):
+        calls.append(cfg.resume)
+        Path(cfg.out).write_bytes(b"finished")
+    monkeypatch.setattr(bench, "MODELS", tmp_path / "models")
+    monkeypatch.setattr(captcha_recognize.training, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench.trained_model("set", folder)
+    assert not list((tmp_path / "models").glob("*.pth"))  # only under training/
+    monkeypatch.setattr(captcha_recognize.training, "train", finishing)
+    ckpt, _ = bench.trained_model("set", folder)
+    assert calls == [None, ""] and ckpt.read_bytes() == b"finished"  # the second call resumed the first
+    assert not list((tmp_path / "models" / "training").iterdir())
+
+
 def test_accept_rows_count_what_the_threshold_lets_through_and_name_each_target():
     accept = benchmark("accept")
     a = {"confidence": [0.99, 0.9, 0.8, 0.7], "right": [True, True, False, True], "accept": [True, True, True, False],
@@ -272,14 +301,17 @@ def test_accept_rows_count_what_the_threshold_lets_through_and_name_each_target(
     assert (r["accuracy"], r["coverage"], r["wrong_accepted"]) == (0.75, 0.75, 1)
     assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
     assert r["curve"] == [(0.25, 1.0), (0.5, 1.0), (0.75, pytest.approx(2 / 3)), (1.0, 0.75)]
-    assert accept.targets([r]) == ["- s, all labels, seed 0: precision 66.67% (target >= 99% on every row: missed)"]
-    good = accept.row("s", "all", 0, {**a, "right": [True] * 4, "accept": [True, True, True, False]})
-    assert accept.targets([good]) == [
-        "- s, all labels, seed 0 (read 100.00%): precision 100.00% (target >= 99.5%: met), recall 75.00% "
-        "(target >= 95%: missed)",
-        "- s, all labels, seed 0: precision 100.00% (target >= 99% on every row: met)"]
+    assert accept.targets([r]) == ["- accepted answers >= 99% right on every row: met on 0 of 1 (0 accepting nothing); "
+                                   "missed: s all labels seed 0 66.67%"]
+    good = accept.row("s", "200", 0, {**a, "right": [True] * 4, "accept": [True, True, True, False]})
     none = accept.row("s", "50", 0, {**a, "accept": [False] * 4, "threshold": 2.0})
-    assert none["precision"] is None and "nothing accepted" in accept.targets([none])[0]
+    assert accept.targets([{**good, "precision": None, "recall": 0.0}])[0] == \
+        "- s, 200 labels, seed 0 (read 100.00%): nothing accepted, recall 0.00% (target >= 95%: missed)"
+    assert none["precision"] is None and accept.targets([good, none, r]) == [
+        "- s, 200 labels, seed 0 (read 100.00%): precision 100.00% (target >= 99.5%: met), recall 75.00% "
+        "(target >= 95%: missed)",
+        "- accepted answers >= 99% right on every row: met on 2 of 3 (1 accepting nothing); "
+        "missed: s all labels seed 0 66.67%"]
     assert "| none |" in accept.format_table([none])
 
 

@@ -7,7 +7,7 @@ import torch
 
 from captcha_recognize.reading.calibration import (ACCEPT_NONE, Calibration, accept_threshold, calibrate,
                                                    expected_calibration_error, fit_temperature, held_out_report,
-                                                   precision_floor)
+                                                   min_evidence, precision_floor, vouched)
 from captcha_recognize.reading.spec import ModelSpec
 from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint, seal
 from conftest import run_script
@@ -58,17 +58,38 @@ def test_ece_of_known_cases():
     assert expected_calibration_error([], []) == 0.0
 
 
-@pytest.mark.parametrize("target, expected", [(0.75, 0.7), (0.8, 0.7), (0.9, 0.95), (1.0, 0.95)])
-def test_threshold_is_the_lowest_confidence_reaching_the_target(target, expected):
-    confs, right = [0.99, 0.95, 0.9, 0.8, 0.7, 0.1], [True, True, False, True, True, False]
-    # answers at or above 0.99, 0.95, 0.9, 0.8, 0.7, 0.1 are 1, 1, 2/3, 3/4, 4/5, 4/6 right
-    assert accept_threshold(confs, right, target) == expected
+def descending(n: int) -> list[float]:
+    return [1.0 - i / 1000 for i in range(n)]  # n distinct confidences, most confident first
 
 
-def test_threshold_keeps_equal_confidences_together_and_can_accept_nothing():
-    assert accept_threshold([0.9, 0.9, 0.8], [True, False, True], 0.99) == ACCEPT_NONE > 1.0
-    assert accept_threshold([0.9, 0.9, 0.8], [True, True, False], 0.99) == 0.9
-    assert accept_threshold([0.5, 0.4], [False, False], 0.5) == ACCEPT_NONE
+def test_too_few_validation_answers_accept_nothing_and_say_so():
+    assert min_evidence() == 45  # 0.95 ** 45 < 0.1 <= 0.95 ** 44: fewer, all right, are no surprise at 95% right
+    assert accept_threshold(descending(44), [True] * 44) == ACCEPT_NONE > 1.0
+    assert accept_threshold(descending(45), [True] * 45) == descending(45)[-1]
+    cal = Calibration(n=20, right=20, temperature=0.5, threshold=ACCEPT_NONE, target_precision=0.995,
+                      ece_before=0.0, ece_after=0.0, accepted=0, accepted_right=0)
+    assert "nothing is accepted: 20 right validation answers cannot vouch for any confidence (it takes 45" \
+        in cal.describe()
+
+
+def test_the_threshold_stops_above_errors_the_target_precision_would_not_make():
+    # 60 right, then 40 wrong at the bottom: one error more already shows too few right (0.18 > 0.1 odds)
+    assert accept_threshold(descending(100), [True] * 60 + [False] * 40) == descending(100)[59]
+    # of 160 answers a reader 99.5% right gets one or more wrong more often than not (0.55), two or more not (0.19)
+    assert vouched(160, 1) and not vouched(160, 2)
+    # one confident error among 300 is what 99.5% right makes: everything is accepted
+    assert vouched(300, 1) and accept_threshold(descending(300), [False] + [True] * 299) == descending(300)[-1]
+    # two among the 100 most confident are not (P(>= 2 errors of 100 at 0.5%) = 0.09): nothing is
+    assert not vouched(100, 2) and accept_threshold(descending(100), [False, False] + [True] * 98) == ACCEPT_NONE
+    # five among 300 show better than 95% right, but are more than 99.5% right typically makes (P = 0.02)
+    assert not vouched(300, 5) and accept_threshold(descending(300), [False] * 5 + [True] * 295) == ACCEPT_NONE
+
+
+def test_threshold_keeps_equal_confidences_together():
+    confs = descending(50) + [0.9, 0.9, 0.9]
+    # the right answer at 0.9 comes with the two wrong ones, which would be too many errors for 99.5% right
+    assert accept_threshold(confs, [True] * 51 + [False, False]) == descending(50)[-1]
+    assert accept_threshold(confs, [True] * 53) == 0.9
 
 
 def test_the_accepted_answers_share_right_comes_with_how_low_it_may_be_on_new_images():
@@ -80,18 +101,21 @@ def test_the_accepted_answers_share_right_comes_with_how_low_it_may_be_on_new_im
     assert "(25 of 40 answers, 100.0% right; on new images 95% sure of at least 90.2%)" in cal.describe()
 
 
-def test_all_right_sets_the_mean_confidence_to_the_estimated_accuracy_and_accepts_everything():
+def test_all_right_sets_the_mean_confidence_to_the_estimated_accuracy_and_enough_accept_everything():
     logits = torch.tensor([[[5.0, 0.0]], [[0.0, 3.0]]])  # (2, 1, 2): read "a", "b"
     conv = LabelConverter("ab", 1)
     cal = calibrate(logits, ["a", "b"], conv)
     _, confs = conv.decode(logits, cal.temperature)
     assert sum(confs) / 2 == pytest.approx(3 / 4, abs=1e-6)  # (n + 1) / (n + 2), from raw 0.99 and 0.95
-    assert cal.threshold == pytest.approx(min(confs), abs=1e-6)
-    assert cal.accepted == cal.accepted_right == 2
+    assert cal.threshold == ACCEPT_NONE and cal.accepted == 0  # two answers vouch for nothing
     assert "all answers right: the mean confidence is set to 75.0%" in cal.describe()
     many = torch.tensor([[[1.0, 0.0]]] * 98)  # (98, 1, 2): a smoothed model, 73% sure of right answers
     t = fit_temperature(many, [True] * 98, conv)
     assert t < 1 and conv.decode(many, t)[1][0] == pytest.approx(99 / 100, abs=1e-6)
+    varied = torch.linspace(0.5, 3.0, 60).reshape(60, 1, 1) * torch.tensor([1.0, 0.0])  # (60, 1, 2): all "a"
+    cal = calibrate(varied, ["a"] * 60, conv)
+    assert cal.accepted == cal.accepted_right == 60 and cal.threshold == pytest.approx(
+        min(conv.decode(varied, cal.temperature)[1]), abs=1e-9)
     assert fit_temperature(logits, [False, False], conv) == 1.0
 
 
@@ -167,7 +191,7 @@ def test_training_stores_the_calibration_of_its_best_model(calibrated_ckpt):
     assert 0 < cal["right"] < cal["n"] == 128  # half of 256: mistakes and right answers to fit on
     assert ckpt["temperature"] == cal["temperature"] != 1.0 and ckpt["threshold"] == cal["threshold"] <= 1.0
     assert cal["ece_after"] < cal["ece_before"]
-    assert 0 < cal["accepted"] and cal["accepted_right"] >= 0.995 * cal["accepted"]
+    assert 0 < cal["accepted"] and vouched(cal["accepted"], cal["accepted"] - cal["accepted_right"])
     rec = CaptchaRecognizer(calibrated_ckpt)
     assert (rec.temperature, rec.threshold) == (ckpt["temperature"], ckpt["threshold"])
 

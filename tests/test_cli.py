@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from captcha_recognize.cli.common import HelpFormatter
+from captcha_recognize.reading.calibration import ACCEPT_NONE
+from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint, seal
 from conftest import ROOT, run_script
-
 
 
 @pytest.mark.slow
@@ -50,6 +51,20 @@ def test_predict_cli_without_labels_has_no_accuracy(cnn_ckpt, digits_dir, tmp_pa
     assert r.returncode == 0 and "Accuracy" not in r.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"] == {"n": 1, "accepted": 1, "temperature": 1.0, "threshold": None}  # uncalibrated
+
+
+@pytest.mark.slow
+def test_predict_cli_says_when_the_checkpoint_accepts_nothing(cnn_ckpt, digits_dir, tmp_path):
+    ckpt = load_checkpoint(cnn_ckpt)
+    atomic_save(seal({**ckpt, "threshold": ACCEPT_NONE}), tmp_path / "unsure.pth")
+    image = str(sorted(digits_dir.iterdir())[0])
+    r = run_script("torch_model_predict.py", image, "--checkpoint", str(tmp_path / "unsure.pth"))
+    assert r.returncode == 0 and "accepts no reading" in r.stderr and "--min-confidence P" in r.stderr
+    r = run_script("torch_model_predict.py", image, "--checkpoint", str(tmp_path / "unsure.pth"),
+                   "--min-confidence", "0.0")
+    assert r.returncode == 0 and "accepts no reading" not in r.stderr
+    assert "accepts no reading" not in run_script("torch_model_predict.py", image, "--checkpoint",
+                                                  str(cnn_ckpt)).stderr  # uncalibrated: accepts every reading
 
 
 @pytest.mark.slow

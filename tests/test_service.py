@@ -28,6 +28,8 @@ from captcha_recognize.reading.recognizer import CaptchaRecognizer, Prediction
 from captcha_recognize.serve.batcher import Batcher
 from captcha_recognize.serve.schemas import RecognizeResponse
 from captcha_recognize.serve.registry import Registry
+from captcha_recognize.reading.calibration import ACCEPT_NONE
+from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint, seal
 from captcha_recognize.serve.requests import RequestError, parse_multipart
 from captcha_recognize.serve.config import ServeConfig, config_to_env
 from captcha_recognize.serve.front import send_json
@@ -577,6 +579,17 @@ def test_the_registry_keeps_the_old_model_when_the_new_file_does_not_load(fresh_
     assert reg.check() == ["m"] and reg.get("m").recognizer is not old and reg.get("m").error is None
     with pytest.raises(Exception, match="unknown model"):
         reg.get("../m.pth")
+
+
+def test_a_model_that_accepts_nothing_is_served_and_said_so(fresh_ckpt, tmp_path, caplog):
+    unsure = tmp_path / "unsure.pth"
+    atomic_save(seal({**load_checkpoint(fresh_ckpt), "threshold": ACCEPT_NONE}), unsure)
+    reg = Registry({"sure": str(fresh_ckpt), "unsure": str(unsure)})
+    with caplog.at_level("WARNING", logger="captcha.serve"):
+        reg.load_all()
+    said = [r.getMessage() for r in caplog.records if "accepts no reading" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("model unsure ")
+    assert not reg.get("unsure").recognizer.accepts(1.0) and reg.get("sure").recognizer.accepts(0.0)
 
 
 @pytest.mark.slow

@@ -57,6 +57,9 @@ def predict(args: argparse.Namespace) -> int:
     report = build_report(results)
     report["summary"].update(temperature=rec.temperature, threshold=rec.threshold)
     print(format_results(results), file=sys.stderr if args.json == "-" else sys.stdout)
+    if rec.threshold is not None and rec.threshold > 1.0:
+        print(f"note: {shown(args.checkpoint)} accepts no reading: its validation images could not vouch for any "
+              "confidence (training said why); --min-confidence P accepts readings of at least P", file=sys.stderr)
     if args.json:
         write_json(report, args.json)
     if args.csv:

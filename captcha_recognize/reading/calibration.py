@@ -7,11 +7,16 @@ picks the temperature that makes that *sequence* confidence the best probability
 answer being right (lowest binary negative log-likelihood on the validation split), so that of
 the answers reported at 0.9 about 90% would be right; how near held-out answers come to that is
 measured in ``benchmarks/accuracy.py``'s calibration columns. ``accept_threshold`` is then the lowest
-calibrated confidence at which the validation answers at or above it are at least
-``target_precision`` right. Training calls ``calibrate_checkpoint`` at the end of a run.
+calibrated confidence at which the validation answers at or above it vouch for
+``target_precision`` right: they hold no more errors than a reader that right typically makes, and
+enough of them are right to show better than ``EVIDENCE_PRECISION`` (``vouched``). A validation
+split of a few dozen images cannot show that, so a model trained on few labels accepts nothing and
+says so rather than pass answers its validation never tested. Training calls ``calibrate_checkpoint``
+at the end of a run.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -26,6 +31,9 @@ from captcha_recognize.reading.recognizer import CaptchaRecognizer
 
 TARGET_PRECISION = 0.995  # share of accepted validation answers that must be right
 T_MIN, T_MAX = 0.05, 20.0  # the temperatures searched
+EVIDENCE_PRECISION = 0.95  # accepted answers must be shown to be more often right than this
+SURPRISE = 0.1  # the odds at or below which so few errors rule that precision out
+TYPICAL = 0.5  # the errors above the threshold: no more than a reader of the target precision makes this often
 FLOOR_Z = 1.645  # one-sided 95% normal quantile of the accepted answers' lower bound
 ECE_BINS = 15
 ACCEPT_NONE = math.nextafter(1.0, 2.0)  # the threshold when no confidence reaches the target: above any confidence
@@ -53,8 +61,13 @@ class Calibration:
                    f"{100 * (self.n + 1) / (self.n + 2):.1f}%, (n+1)/(n+2))")
         else:
             fit = f"temperature {self.temperature:.3f}"
-        if self.threshold > 1.0:
-            accept = f"no confidence reaches {100 * self.target_precision:g}% right: nothing is accepted"
+        if self.threshold > 1.0 and self.right < min_evidence():
+            accept = (f"nothing is accepted: {self.right} right validation answers cannot vouch for any "
+                      f"confidence (it takes {min_evidence()} to show better than {100 * EVIDENCE_PRECISION:g}% "
+                      "right); label more images, or give predict --min-confidence P")
+        elif self.threshold > 1.0:
+            accept = (f"nothing is accepted: at no confidence do the validation answers vouch for "
+                      f"{100 * self.target_precision:g}% right; give predict --min-confidence P to accept anyway")
         else:
             accept = (f"accept at confidence >= {self.threshold:.4f} ({self.accepted} of {self.n} answers, "
                       f"{100 * self.accepted_right / self.accepted:.1f}% right; on new images 95% sure of at least "
@@ -143,17 +156,45 @@ def all_right_temperature(logits: np.ndarray, converter: LabelConverter) -> floa
     return math.exp((lo + hi) / 2)
 
 
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    q = math.log1p(-p)
+    return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                                 + i * math.log(p) + (n - i) * q) for i in range(k + 1)))
+
+
+def vouched(accepted: int, wrong: int, target: float = TARGET_PRECISION) -> bool:
+    """Whether ``accepted`` validation answers of which ``wrong`` were wrong vouch for accepting answers
+    like them: a reader ``target`` right typically makes that many errors or more (odds above
+    ``TYPICAL``), and one only ``EVIDENCE_PRECISION`` right would rarely make so few (odds at most
+    ``SURPRISE``)."""
+    typical = 1.0 - binomial_cdf(wrong - 1, accepted, 1.0 - target) > TYPICAL
+    shown = binomial_cdf(wrong, accepted, 1.0 - EVIDENCE_PRECISION) <= SURPRISE
+    return accepted > 0 and typical and shown
+
+
 def accept_threshold(confs: Sequence[float], correct: Sequence[bool], target: float = TARGET_PRECISION) -> float:
-    """The lowest confidence ``c`` such that the answers of confidence >= ``c`` are at least
-    ``target`` right; ``ACCEPT_NONE`` (above any confidence) when no ``c`` is."""
+    """The lowest confidence ``c`` such that the validation answers of confidence >= ``c`` vouch for
+    ``target`` precision (``vouched``); ``ACCEPT_NONE`` (above any confidence) when none do, which
+    takes at least ``min_evidence()`` answers."""
     pairs = sorted(zip(confs, correct), reverse=True)  # most confident first
-    threshold, right = ACCEPT_NONE, 0
+    threshold, wrong = ACCEPT_NONE, 0
     for i, (c, ok) in enumerate(pairs):
-        right += bool(ok)
+        wrong += not ok
         last_of_tie = i + 1 == len(pairs) or pairs[i + 1][0] < c  # equal confidences are accepted together
-        if last_of_tie and right >= target * (i + 1):
+        if last_of_tie and vouched(i + 1, wrong, target):
             threshold = c
     return threshold
+
+
+@functools.cache
+def min_evidence() -> int:
+    """The fewest validation answers, all right, that can vouch for accepting anything."""
+    return next(n for n in range(1, 10_000) if vouched(n, 0))
 
 
 def calibrate(logits: np.ndarray, labels: Sequence[str], converter: LabelConverter,

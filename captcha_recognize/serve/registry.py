@@ -59,7 +59,11 @@ class Registry:
     def load(self, name: str) -> Loaded:
         path = self.paths[name]
         stamp = file_stamp(path)  # before reading: a newer file seen later is loaded again
-        return Loaded(name, path, CaptchaRecognizer(path, device=self.device, workers=1), stamp, time.time())
+        rec = CaptchaRecognizer(path, device=self.device, workers=1)
+        if rec.threshold is not None and rec.threshold > 1.0:
+            log.warning("model %s accepts no reading: its validation images could not vouch for any confidence "
+                        "(its training said why); every answer comes with accept false", name)
+        return Loaded(name, path, rec, stamp, time.time())
 
     def load_all(self) -> None:
         """Load every model; raises ``CheckpointError`` naming the first that does not load."""

@@ -19,7 +19,7 @@ from captcha_recognize.data.labels import CASES
 from captcha_recognize.data.preprocess import MIN_SIDE
 from captcha_recognize.device import pick_device
 from captcha_recognize.errors import ConfigError
-from captcha_recognize.reading.calibration import TARGET_PRECISION
+from captcha_recognize.reading.calibration import TARGET_PRECISION, min_evidence
 from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT
 from captcha_recognize.training import plan
 from captcha_recognize.training.recipe import (DEFAULT_LR, DEFAULT_STEPS, EMA_DECAY, FIRST_LR, MIN_EPOCHS, ROUND_EMA,
@@ -90,7 +90,8 @@ class TrainConfig:
         "'-': standard output, and the log goes to standard error", metavar="FILE")
     target_precision: float = option(
         TARGET_PRECISION, "output", "accept threshold stored in the checkpoint: the lowest calibrated confidence at "
-        "which validation answers are at least P right", float, checks.OPEN_PROBABILITY, metavar="P")
+        "which the validation answers vouch for P right (no more errors than such a reader typically makes, and "
+        f"at least {min_evidence()} right ones)", float, checks.OPEN_PROBABILITY, metavar="P")
     # model
     arch: str = option(
         "auto", "model", "model family; auto: the cnn when every label has one length and the characters sit at "
