@@ -64,6 +64,8 @@ def descending(n: int) -> list[float]:
 
 def test_too_few_validation_answers_accept_nothing_and_say_so():
     assert min_evidence() == 45  # 0.95 ** 45 < 0.1 <= 0.95 ** 44: fewer, all right, are no surprise at 95% right
+    assert min_evidence(0.9) == 22  # a lower target asks for less: 0.9 ** 22 < 0.1
+    assert accept_threshold([0.9, 0.8, 0.7], [True, False, True], 1.0) == ACCEPT_NONE  # no error is typical at 100%
     assert accept_threshold(descending(44), [True] * 44) == ACCEPT_NONE > 1.0
     assert accept_threshold(descending(45), [True] * 45) == descending(45)[-1]
     cal = Calibration(n=20, right=20, temperature=0.5, threshold=ACCEPT_NONE, target_precision=0.995,

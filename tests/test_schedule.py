@@ -65,8 +65,10 @@ def test_still_improving_needs_a_gain_of_one_validation_image(scores, improving)
 
 def test_the_reason_a_schedule_ended_is_said():
     assert plan.stop_reason([], 3, 0).startswith("the planned epochs are done (no validation images")
-    assert plan.stop_reason([0.5, 1.0], 3, 10) == "validation reads every image right"
-    assert plan.stop_reason([0.5, 0.9], 3, 10).startswith("validation stopped improving (the last 3 epochs read")
+    assert plan.stop_reason([0.5, 1.0, 0.9], 1, 10) == "validation read every image right (epoch 2)"
+    assert plan.stop_reason([0.5, 0.9], 3, 10).startswith("the planned epochs are done (too few")
+    assert plan.stop_reason([0.5, 0.9, 0.8, 0.9, 0.9], 3, 10) == (
+        "validation stopped improving (the last 3 epochs read no more images right than the best before them)")
     p = plan.Plan([plan.Cycle(1, 4, 1e-3)], 4, budget=1.0, n_val=10, times=[5.0])
     report = plan.EpochReport([{"sequence_accuracy": a} for a in (0.1, 0.2, 0.3, 0.9)], 5.0)
     assert isinstance(p.extend(4, report), plan.Note)  # improving, but no time left for another cycle
@@ -145,7 +147,7 @@ def test_a_run_still_improving_gets_another_cycle_within_its_budget(digits_dir, 
     out = capsys.readouterr().out
     assert "validation is still improving: 2 more epochs" in out
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6] and len(calls) == 2
-    assert re.search(r"trained 6 epochs in [\d.]+s, as validation (stopped improving|reads every image right)", out)
+    assert re.search(r"trained 6 epochs in [\d.]+s, as validation (stopped improving|read every image right)", out)
     assert load_checkpoint(tmp_path / "m.pth")["config"]["epochs"] == 6
 
 

@@ -36,7 +36,7 @@ SURPRISE = 0.1  # the odds at or below which so few errors rule that precision o
 TYPICAL = 0.5  # the errors above the threshold: no more than a reader of the target precision makes this often
 FLOOR_Z = 1.645  # one-sided 95% normal quantile of the accepted answers' lower bound
 ECE_BINS = 15
-ACCEPT_NONE = math.nextafter(1.0, 2.0)  # the threshold when no confidence reaches the target: above any confidence
+ACCEPT_NONE = math.nextafter(1.0, 2.0)  # the threshold when no confidence is vouched for: above any confidence
 
 
 @dataclass
@@ -61,10 +61,12 @@ class Calibration:
                    f"{100 * (self.n + 1) / (self.n + 2):.1f}%, (n+1)/(n+2))")
         else:
             fit = f"temperature {self.temperature:.3f}"
-        if self.threshold > 1.0 and self.right < min_evidence():
+        needed = min_evidence(self.target_precision)
+        if self.threshold > 1.0 and self.right < needed:
+            shown = min(EVIDENCE_PRECISION, self.target_precision)
             accept = (f"nothing is accepted: {self.right} right validation answers cannot vouch for any "
-                      f"confidence (it takes {min_evidence()} to show better than {100 * EVIDENCE_PRECISION:g}% "
-                      "right); label more images, or give predict --min-confidence P")
+                      f"confidence (it takes {needed} to show better than {100 * shown:g}% right); label more "
+                      "images, or give predict --min-confidence P")
         elif self.threshold > 1.0:
             accept = (f"nothing is accepted: at no confidence do the validation answers vouch for "
                       f"{100 * self.target_precision:g}% right; give predict --min-confidence P to accept anyway")
@@ -160,8 +162,10 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p)."""
     if k < 0:
         return 0.0
-    if k >= n:
+    if k >= n or p <= 0.0:
         return 1.0
+    if p >= 1.0:
+        return 0.0
     q = math.log1p(-p)
     return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
                                  + i * math.log(p) + (n - i) * q) for i in range(k + 1)))
@@ -170,11 +174,12 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
 def vouched(accepted: int, wrong: int, target: float = TARGET_PRECISION) -> bool:
     """Whether ``accepted`` validation answers of which ``wrong`` were wrong vouch for accepting answers
     like them: a reader ``target`` right typically makes that many errors or more (odds above
-    ``TYPICAL``), and one only ``EVIDENCE_PRECISION`` right would rarely make so few (odds at most
-    ``SURPRISE``)."""
+    ``TYPICAL``), and one only ``EVIDENCE_PRECISION`` right (or ``target``, if lower) would rarely make
+    so few (odds at most ``SURPRISE``)."""
+    if accepted <= 0 or wrong > math.ceil(accepted * (1.0 - target)):  # above the median: as TYPICAL >= 1/2
+        return False
     typical = 1.0 - binomial_cdf(wrong - 1, accepted, 1.0 - target) > TYPICAL
-    shown = binomial_cdf(wrong, accepted, 1.0 - EVIDENCE_PRECISION) <= SURPRISE
-    return accepted > 0 and typical and shown
+    return typical and binomial_cdf(wrong, accepted, 1.0 - min(EVIDENCE_PRECISION, target)) <= SURPRISE
 
 
 def accept_threshold(confs: Sequence[float], correct: Sequence[bool], target: float = TARGET_PRECISION) -> float:
@@ -192,9 +197,9 @@ def accept_threshold(confs: Sequence[float], correct: Sequence[bool], target: fl
 
 
 @functools.cache
-def min_evidence() -> int:
+def min_evidence(target: float = TARGET_PRECISION) -> int:
     """The fewest validation answers, all right, that can vouch for accepting anything."""
-    return next(n for n in range(1, 10_000) if vouched(n, 0))
+    return next(n for n in range(1, 100_000) if vouched(n, 0, target))
 
 
 def calibrate(logits: np.ndarray, labels: Sequence[str], converter: LabelConverter,

@@ -91,7 +91,8 @@ class TrainConfig:
     target_precision: float = option(
         TARGET_PRECISION, "output", "accept threshold stored in the checkpoint: the lowest calibrated confidence at "
         "which the validation answers vouch for P right (no more errors than such a reader typically makes, and "
-        f"at least {min_evidence()} right ones)", float, checks.OPEN_PROBABILITY, metavar="P")
+        f"enough right ones to show better than 95% or P if lower: {min_evidence()} at the default)", float,
+        checks.OPEN_PROBABILITY, metavar="P")
     # model
     arch: str = option(
         "auto", "model", "model family; auto: the cnn when every label has one length and the characters sit at "

@@ -81,9 +81,11 @@ def stop_reason(scores: Sequence[float], window: int, n_val: int) -> str:
     if not n_val or not scores:
         return "the planned epochs are done (no validation images tell whether more would help)"
     if max(scores) >= 1.0:
-        return "validation reads every image right"
-    return (f"validation stopped improving (the last {plural(window, 'epoch')} read no more than one image "
-            "above the best before them)")
+        return f"validation read every image right (epoch {scores.index(max(scores)) + 1})"
+    if len(scores) <= window:
+        return "the planned epochs are done (too few to tell whether more would help)"
+    return (f"validation stopped improving (the last {plural(window, 'epoch')} read no more images right "
+            "than the best before them)")
 
 
 def at_chance(history: Sequence[dict[str, Any]], n_classes: int, ctc: bool) -> bool:
