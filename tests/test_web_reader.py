@@ -88,6 +88,38 @@ def test_the_browser_reads_as_python(family, browser, site, cnn_ckpt, tmp_path):
     assert [r["accept"] for r in js] == [p.accept for p in python]
 
 
+DESCRIBE = """
+const [model, url, done] = arguments;
+(async () => {
+  const { loadModel } = await import("/web/reader.js");
+  const reader = await loadModel(model);
+  return { line: reader.describe(), reading: await reader.read(url) };
+})().then(done, (e) => done({ error: String(e) }));
+"""
+
+
+def test_the_browser_says_what_a_model_accepts_and_accepts_nothing_when_told(browser, site, cnn_ckpt):
+    pytest.importorskip("onnx")
+    from captcha_recognize.reading.calibration import ACCEPT_NONE
+    from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint, seal
+    from captcha_recognize.reading.export import export_onnx
+    url, files = site
+    shutil.copy(ROOT / "new_images" / "0059.png", files / "0059.png")
+    browser.set_script_timeout(120)
+    browser.get(f"{url}/web/index.html")
+    lines = {}
+    for name, threshold in (("any", None), ("some", 0.5), ("none", ACCEPT_NONE)):
+        atomic_save(seal({**load_checkpoint(cnn_ckpt), "threshold": threshold}), files / f"{name}.pth")
+        export_onnx(files / f"{name}.pth", files / f"{name}.onnx")
+        out = browser.execute_async_script(DESCRIBE, f"{url}/files/{name}.onnx", f"{url}/files/0059.png")
+        assert "error" not in out, out
+        lines[name] = out
+    assert lines["any"]["line"].endswith("accepts every reading") and lines["any"]["reading"]["accept"]
+    assert lines["some"]["line"].endswith("accepts readings of confidence >= 0.5000")
+    assert "accepts nothing" in lines["none"]["line"] and not lines["none"]["reading"]["accept"]
+    assert lines["none"]["line"].startswith("cnn, alphabet 0123456789, input 50x22")
+
+
 def test_the_browser_refuses_a_model_whose_spec_was_changed(browser, site, cnn_ckpt):
     pytest.importorskip("onnx")
     from captcha_recognize.reading.export import export_onnx

@@ -328,6 +328,15 @@ export class Reader {
     this.spec = spec;
   }
 
+  /** One line on the model: family, alphabet, input size and what it accepts. */
+  describe() {
+    const s = this.spec, pre = s.preprocess;
+    const accepts = s.threshold === null || s.threshold === undefined ? "accepts every reading"
+      : s.threshold > 1 ? "accepts nothing (its validation images were too few to vouch for any confidence)"
+        : `accepts readings of confidence >= ${s.threshold.toFixed(4)}`;
+    return `${s.arch}, alphabet ${s.alphabet}, input ${pre.width}x${pre.height}, ${accepts}`;
+  }
+
   /** Read one image: { text, confidence, accept } as captcha_recognize reads it. */
   async read(source) {
     const pre = this.spec.preprocess;
