@@ -9,7 +9,7 @@ from captcha_recognize.cli.common import Parser, positive_int, probability, run
 from captcha_recognize.data.folders import list_images
 from captcha_recognize.errors import DataError
 from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT
-from captcha_recognize.reading.recognizer import CaptchaRecognizer, predict_files
+from captcha_recognize.reading.recognizer import ACCEPTS_NOTHING, CaptchaRecognizer, predict_files
 from captcha_recognize.reading.report import build_report, contact_sheet, format_results, write_csv, write_json
 from captcha_recognize.runtime import check_writable
 from captcha_recognize.text import shown
@@ -57,9 +57,9 @@ def predict(args: argparse.Namespace) -> int:
     report = build_report(results)
     report["summary"].update(temperature=rec.temperature, threshold=rec.threshold)
     print(format_results(results), file=sys.stderr if args.json == "-" else sys.stdout)
-    if rec.threshold is not None and rec.threshold > 1.0:
-        print(f"note: {shown(args.checkpoint)} accepts no reading: its validation images could not vouch for any "
-              "confidence (training said why); --min-confidence P accepts readings of at least P", file=sys.stderr)
+    if rec.accepts_nothing:
+        print(f"note: {shown(args.checkpoint)} {ACCEPTS_NOTHING}; --min-confidence P accepts readings of at least P",
+              file=sys.stderr)
     if args.json:
         write_json(report, args.json)
     if args.csv:

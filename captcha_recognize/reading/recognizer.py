@@ -58,6 +58,9 @@ def load_model(path: Path, device: str) -> Any:
     return TorchModel(path, device)
 
 
+ACCEPTS_NOTHING = "accepts no reading: its validation images could not vouch for any confidence (its training said why)"
+
+
 class CaptchaRecognizer:
     """A trained model ready to read captchas: ``.pth`` checkpoints (PyTorch) or ``.onnx``
     exports (onnxruntime). Preprocessing and decoding are the training ones. ``min_confidence``
@@ -75,6 +78,11 @@ class CaptchaRecognizer:
         self.arch = self.spec.arch
         self.temperature = self.spec.temperature
         self.threshold = self.spec.threshold if min_confidence is None else min_confidence
+
+    @property
+    def accepts_nothing(self) -> bool:
+        """Whether the threshold lies above every confidence: training's validation could vouch for none."""
+        return self.threshold is not None and self.threshold > 1.0
 
     def accepts(self, confidence: float) -> bool:
         """Whether a reading of this confidence is to be trusted (always, without a threshold)."""

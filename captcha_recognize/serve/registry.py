@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from captcha_recognize.errors import CheckpointError
-from captcha_recognize.reading.recognizer import CaptchaRecognizer
+from captcha_recognize.reading.recognizer import ACCEPTS_NOTHING, CaptchaRecognizer
 from captcha_recognize.serve.requests import RequestError
 from captcha_recognize.serve.schemas import InputSize, ModelInfo
 
@@ -60,9 +60,8 @@ class Registry:
         path = self.paths[name]
         stamp = file_stamp(path)  # before reading: a newer file seen later is loaded again
         rec = CaptchaRecognizer(path, device=self.device, workers=1)
-        if rec.threshold is not None and rec.threshold > 1.0:
-            log.warning("model %s accepts no reading: its validation images could not vouch for any confidence "
-                        "(its training said why); every answer comes with accept false", name)
+        if rec.accepts_nothing:
+            log.warning("model %s %s; every answer comes with accept false", name, ACCEPTS_NOTHING)
         return Loaded(name, path, rec, stamp, time.time())
 
     def load_all(self) -> None:
