@@ -26,6 +26,7 @@ from captcha_recognize.cli.common import Parser, positive_int
 from captcha_recognize.data.folders import list_images
 from captcha_recognize.data.synthetic import generate
 from captcha_recognize.runtime import child_env
+from captcha_recognize.training.recipe import process_batch
 
 
 def train_with(processes: int, data: Path, out: Path, epochs: int | None, seed: int) -> tuple[float, int]:
@@ -70,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds, epochs = train_with(n, work / "train", out, args.epochs, args.seed)
             accuracy = test_score(CaptchaRecognizer(out), test)["sequence_accuracy"]
             print(f"  {n} process(es): {100 * accuracy:.2f}% in {seconds:.0f} s", file=sys.stderr)
-            rows.append(f"| {name} | {n} | {-(-32 // n)} of 32 | {epochs} | {len(train_files)} | {len(test)} | "
-                        f"{100 * accuracy:.2f}% | {seconds:.0f} s |")
+            rows.append(f"| {name} | {n} | {process_batch(32, n)} of 32 | {epochs} | {len(train_files)} | "
+                        f"{len(test)} | {100 * accuracy:.2f}% | {seconds:.0f} s |")
     given = f"--arch cnn{f' --epochs {args.epochs}' if args.epochs else ''} --device cpu"
     what = (f"`{given}` (other flags at their defaults), seed {args.seed}; "
             "more processes on 2 cores do not train faster here: the table shows that they learn alike")

@@ -9,7 +9,7 @@ from typing import Sequence
 from captcha_recognize.cli.common import Parser, image_size, positive_int, run
 from captcha_recognize.data.images import MAX_PIXELS
 from captcha_recognize.data.synthetic import generate
-from captcha_recognize.labelling.files import FILE_NAME_FORBIDDEN
+from captcha_recognize.labelling.files import label_problem
 from captcha_recognize.runtime import check_writable
 
 DEFAULT_SETS = (("train_images", 4000, 1), ("new_images", 100, 2))  # folder, count, seed
@@ -28,7 +28,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.alphabet:
         p.error("argument --alphabet: give at least one character")
-    if unfit := sorted({c for c in args.alphabet if c in FILE_NAME_FORBIDDEN or c in "._" or not c.isprintable()}):
+    if unfit := sorted({c for c in args.alphabet if label_problem(c)}):
         p.error(f"argument --alphabet: {', '.join(map(repr, unfit))} cannot be in a file name's label")
     if args.size[0] * args.size[1] > MAX_PIXELS or max(args.size) > MAX_SIDE:
         p.error(f"argument --size: at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all, "

@@ -14,13 +14,13 @@ read by a model that never saw it), ``events`` (what a run reports), ``distribut
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import Iterator
 
 from captcha_recognize.errors import UserError
 from captcha_recognize.runtime import check_writable
 from captcha_recognize.training.config import TrainConfig
+from captcha_recognize.training.distributed import ProcessGroup
 from captcha_recognize.training.events import Events, Listener, json_lines
 from captcha_recognize.training.result import TrainResult
 from captcha_recognize.training.selftrain import self_train
@@ -55,7 +55,7 @@ def run_events(cfg: TrainConfig, on_event: Listener | None = None) -> Iterator[E
     listeners = [on_event] if on_event is not None else []
     console = None if cfg.quiet else sys.stderr if cfg.events == "-" else sys.stdout
     with contextlib.ExitStack() as stack:
-        if int(os.environ.get("RANK", "0")) > 0:  # under torchrun the first process speaks for all
+        if not ProcessGroup().main:  # under torchrun the first process speaks for all
             yield Events(None)
             return
         if cfg.events == "-":

@@ -29,6 +29,12 @@ FIRST_LR = 3e-3  # peak learning rate of a labelled-only CRNN round under SMALL_
 ROUND_EMA = 0.0  # weight-average decay of every self-training round unless --ema says (off: the trained weights)
 
 
+def process_batch(batch_size: int, world: int) -> int:
+    """Each process's share of ``--batch-size``: a step reads about ``batch_size`` images however many
+    processes share it, so ``--epochs``, ``--batch-size`` and ``--lr`` mean the same under torchrun."""
+    return -(-batch_size // world)
+
+
 def default_splice(arch: str, spread: torch.Tensor | None, span: tuple[float, float] | None,
                    labels: Sequence[str]) -> float:
     """``--splice`` default: ``SPLICE`` for the CNN, whose position heads otherwise memorise small
@@ -61,7 +67,8 @@ def resolve_defaults(cfg: TrainConfig, init: dict[str, Any] | None, resume: dict
     splice_p = cfg.splice if cfg.splice is not None else default_splice(arch, spread, span, labels)
     epochs = cfg.epochs
     if epochs is None:
-        epochs = resume["config"]["epochs"] if resume else default_epochs(n_train, -(-cfg.batch_size // world), world)
+        per_process = process_batch(cfg.batch_size, world)
+        epochs = resume["config"]["epochs"] if resume else default_epochs(n_train, per_process, world)
     warp = cfg.warp if cfg.warp is not None else WARP[arch]
     ema = cfg.ema if cfg.ema is not None else EMA_DECAY[arch]
     return replace(cfg, arch=arch, lr=cfg.lr or DEFAULT_LR[arch], warp=warp, ema=ema, splice=splice_p, epochs=epochs)

@@ -20,7 +20,6 @@ of the budget is left, and the second try of round 0 leaves that much.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shutil
 import time
@@ -36,6 +35,7 @@ from captcha_recognize.data.augment import Augment, augment
 from captcha_recognize.data.folders import LabelledImages, labelled, list_images, load_images
 from captcha_recognize.errors import ConfigError, DataError
 from captcha_recognize.files import output_lock
+from captcha_recognize.reading.calibration import binomial_cdf
 from captcha_recognize.reading.checkpoint import atomic_save, load_checkpoint
 from captcha_recognize.reading.inference import infer
 from captcha_recognize.reading.recognizer import CaptchaRecognizer
@@ -110,11 +110,7 @@ def trusted(right: int, stable: int) -> bool:
     8 of 10 pass); 3 of 5, 7 of 10 and a model that reads most images stably and wrongly do not."""
     if stable == 0:
         return False
-    lp, lq, ln = math.log(MIN_PRECISION), math.log1p(-MIN_PRECISION), math.lgamma(stable + 1)
-    # P(X <= right) for X ~ Binomial(stable, MIN_PRECISION), in logs: large splits overflow floats otherwise
-    chance = sum(math.exp(ln - math.lgamma(k + 1) - math.lgamma(stable - k + 1) + k * lp + (stable - k) * lq)
-                 for k in range(right + 1))
-    return chance > DOUBT
+    return binomial_cdf(right, stable, MIN_PRECISION) > DOUBT
 
 
 def round_config(cfg: TrainConfig, work: Path, r: int, deadline: float, share: float = 1.0) -> TrainConfig:

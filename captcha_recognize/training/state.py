@@ -15,6 +15,7 @@ from captcha_recognize.errors import CheckpointError
 from captcha_recognize.model import ModelConfig, build_model
 from captcha_recognize.training.config import TrainConfig
 from captcha_recognize.training.distributed import ProcessGroup, make_sampler
+from captcha_recognize.training.recipe import process_batch
 
 PCT_START = 0.15  # share of a cycle spent warming up
 
@@ -81,12 +82,6 @@ def build_network(model_args: dict[str, Any], init: dict[str, Any] | None, devic
             raise CheckpointError(f"the checkpoint's weights do not fit its model config: "
                                   f"{str(e).splitlines()[0]}") from None
     return model.to(device, memory_format=torch.channels_last)
-
-
-def process_batch(batch_size: int, world: int) -> int:
-    """Each process's share of ``--batch-size``: a step reads about ``batch_size`` images however many
-    processes share it, so ``--epochs``, ``--batch-size`` and ``--lr`` mean the same under torchrun."""
-    return -(-batch_size // world)
 
 
 def make_loader(cfg: TrainConfig, train_set: torch.utils.data.Dataset, group: ProcessGroup,
