@@ -4,6 +4,7 @@ Usage:
     python benchmarks/accuracy.py                                   # everything (long: hours on 2 cores)
     python benchmarks/accuracy.py --datasets percent4-digits --archs cnn --seeds 0 1 2
     python benchmarks/accuracy.py --sizes 100 200 400 all           # the few-labels curve
+    python benchmarks/accuracy.py --sizes 50 200 --compare-scratch --plot docs/base_curve.png  # the base model's worth
     python benchmarks/accuracy.py --quick                           # smoke run on generated captchas
     python benchmarks/accuracy.py --archs crnn --train-args="--ema 0.99"   # a non-default recipe
     python benchmarks/accuracy.py ... --markdown docs/results.md    # also write the table there
@@ -17,8 +18,9 @@ the mean accuracy of the int8 ONNX export (calibrated on the training images; ne
 onnxruntime), training wall time and model size, and the confidence calibration on the test
 split: expected calibration error at temperature 1 and at the temperature training stored, and
 at the stored accept threshold the share of test captchas accepted and the accuracy on those.
-If ddddocr is installed, its zero-shot reading of the same test splits is added, restricted to
-the dataset's alphabet.
+The base model's zero-shot reading of the same test splits (no training), and ddddocr's if it is
+installed, are added, both restricted to the dataset's alphabet (the base model also to its label
+length, where the labels have one).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +48,8 @@ from captcha_recognize.reading.report import contact_sheet
 from captcha_recognize.reading.scores import score
 from captcha_recognize.reading.inference import all_logits
 from captcha_recognize.reading.recognizer import CaptchaRecognizer
+from captcha_recognize.reading.spec import BASE_CHECKPOINT
+from captcha_recognize.errors import CheckpointError, ConfigError
 from captcha_recognize.data.synthetic import generate
 from captcha_recognize.training import TrainConfig, TrainResult, train
 
@@ -65,8 +70,8 @@ def calibration_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str,
     share accepted at the stored threshold and accuracy on those."""
     images, ok = load_images(test)
     logits = all_logits(rec.logits, to_arrays(images, rec.preprocess), rec.batch_size)  # (N, T|P, K)
-    texts, raw = rec.converter.decode(logits)
-    _, calibrated = rec.converter.decode(logits, rec.temperature)
+    texts, raw = zip(*rec.read_logits(logits, 1.0)) if len(logits) else ((), ())
+    _, calibrated = zip(*rec.read_logits(logits, rec.temperature)) if len(logits) else ((), ())
     return held_out_report(raw, calibrated, [t == true_label(f) for t, f in zip(texts, ok)], rec.threshold)
 
 
@@ -96,7 +101,7 @@ def pseudo_label_report(result: TrainResult, truth: dict[str, str]) -> str:
 def run_one(files: Sequence[Path], test: Sequence[Path], cfg: TrainConfig, workdir: Path,
             unlabelled: Sequence[Path] = ()) -> dict[str, Any]:
     """Train ``cfg`` on ``files`` (and ``unlabelled`` with their names hidden); score on ``test``."""
-    out = workdir / f"{cfg.arch}-{cfg.seed}-{len(files)}.pth"
+    out = workdir / f"{cfg.arch}-{cfg.seed}-{len(files)}{'-scratch' if cfg.from_scratch else ''}.pth"
     note = ""
     if unlabelled:
         truth = hide_names(unlabelled, workdir / f"unlabelled-{cfg.seed}-{len(files)}")
@@ -121,6 +126,16 @@ def ddddocr_scores(test: Sequence[Path], alphabet: str) -> dict[str, Any] | None
     ocr.set_ranges(alphabet)
     preds = [ocr.classification(f.read_bytes()) for f in test]
     return score(preds, [true_label(f) for f in test])
+
+
+def base_scores(test: Sequence[Path], alphabet: str, length: int | None) -> dict[str, Any] | None:
+    """The base model's zero-shot reading of ``test``, restricted to the dataset's alphabet and, where all its
+    labels have one, length (None without a base model)."""
+    try:
+        rec = CaptchaRecognizer(BASE_CHECKPOINT, alphabet=alphabet, length=length)
+    except (CheckpointError, ConfigError):  # no base model, or characters it does not read
+        return None
+    return {**test_score(rec, test), **calibration_score(rec, test)}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -175,6 +190,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unlabelled", action="store_true",
                    help="give the rest of each seed's training pool as unlabelled images (names hidden): "
                         "self-training rows")
+    p.add_argument("--compare-scratch", action="store_true",
+                   help="train each row twice: as the default does (from the base model where it applies) and "
+                        "with --from-scratch")
+    p.add_argument("--plot", metavar="PNG", help="also plot whole-captcha accuracy against training images, one "
+                                                 "panel per dataset, zero-shot readers at 0")
     p.add_argument("--quick", action="store_true", help="smoke run: generated captchas, 1 seed, 2 epochs")
     p.add_argument("--train-args", default="", metavar="FLAGS",
                    help="extra torch_model_train.py flags to measure instead of the default recipe, "
@@ -193,22 +213,24 @@ def errors_sheet(folder: str, name: str, arch: str, n: int, seed: int) -> Path:
 
 def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainConfig,
                  workdir: Path) -> list[tuple[str, str, str, list[int], dict[str, Any]]]:
-    """Table rows for one dataset: every size and arch over the seeds, then ddddocr's."""
+    """Table rows for one dataset: every size and arch over the seeds, then the zero-shot readers'."""
     files = list_images([folder])
     alphabet = infer_alphabet(true_label(f) or "" for f in files)
     rows = []
     for size in args.sizes:
         n = None if size == "all" else int(size)
-        for arch in args.archs:
+        starts = (False, True) if args.compare_scratch else (False,)  # --from-scratch or not; the CNN always is
+        for arch, scratch in ((a, s) for a in args.archs for s in starts if not (s and a == "cnn")):
             runs = []
             for seed in args.seeds:
                 train_files, test = split_files(files, seed, n)
                 pool = split_files(files, seed, None)[0] if args.unlabelled else []
                 chosen = set(train_files)
                 rest = [f for f in pool if f not in chosen]
-                runs.append(run_one(train_files, test, replace(base, arch=arch, seed=seed), workdir, rest))
+                cfg = replace(base, arch=arch, seed=seed, from_scratch=base.from_scratch or scratch)
+                runs.append(run_one(train_files, test, cfg, workdir, rest))
                 if args.errors:
-                    sheet = errors_sheet(args.errors, name, arch, len(train_files), seed)
+                    sheet = errors_sheet(args.errors, name, arch + "-scratch" * scratch, len(train_files), seed)
                     sheet.parent.mkdir(parents=True, exist_ok=True)
                     contact_sheet(runs[-1]["misread"], sheet)
                 print(f"  {name} {arch} n={len(train_files)} seed {seed}: "
@@ -217,12 +239,49 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
                       + (f"; {runs[-1]['note']}" if runs[-1]["note"] else ""), file=sys.stderr)
             picked = "/".join(sorted({r["arch"] for r in runs}))
             shown_arch = f"auto ({picked})" if arch == "auto" else arch
-            label = f"{shown_arch}{f' + {len(rest)} unlabelled' if args.unlabelled else ''} {args.train_args}".strip()
+            label = (f"{shown_arch}{f' + {len(rest)} unlabelled' if args.unlabelled else ''} {args.train_args}"
+                     f"{' --from-scratch' if scratch else ''}").strip()
             rows.append((name, label, str(len(train_files)), args.seeds, summarize(runs)))
-    dd = [ddddocr_scores(split_files(files, seed, None)[1], alphabet) for seed in args.seeds]
-    if all(dd):
-        rows.append((name, "ddddocr (zero-shot)", "0", args.seeds, summarize(dd)))
+    tests = [split_files(files, seed, None)[1] for seed in args.seeds]
+    lengths = {len(true_label(f) or "") for f in files}
+    length = lengths.pop() if len(lengths) == 1 else None
+    for label, reader in (("base model (zero-shot)", partial(base_scores, length=length)),
+                          ("ddddocr (zero-shot)", ddddocr_scores)):
+        runs = [reader(test, alphabet) for test in tests]
+        if all(runs):
+            rows.append((name, label, "0", args.seeds, summarize(runs)))
     return rows
+
+
+def plot_rows(rows: list[tuple[str, str, str, list[int], dict[str, Any]]], path: str) -> None:
+    """Mean whole-captcha accuracy against training images: a panel per dataset, a line per reader."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    datasets = list(dict.fromkeys(r[0] for r in rows))
+    cols = min(4, len(datasets))
+    rows_ = -(-len(datasets) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4 * cols, 3.2 * rows_), squeeze=False)
+    for ax, ds in zip(axes.flat, datasets):
+        lines: dict[str, list[tuple[int, float]]] = {}
+        for name, label, n, _, s in rows:
+            if name == ds:
+                lines.setdefault(label.split(" (")[0] if n == "0" else label, []).append((int(n), 100 * s["mean"]))
+        for label, points in lines.items():
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, "o-" if len(points) > 1 else "s", label=label)
+        ax.set_title(ds)
+        ax.set_xlabel("labelled training images")
+        ax.set_ylabel("test accuracy %")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: no images in {folder}", file=sys.stderr)
                 return 1
             rows += bench_folder(name, folder, args, base, workdir)
+    if args.plot:
+        plot_rows(rows, args.plot)
     return publish(f"{format_table(rows)}\n\n{machine()}", args.markdown, argv)
 
 

@@ -225,8 +225,9 @@ def test_the_check_for_chance_stays_where_the_first_plan_put_it_when_a_refit_sho
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, chance", [("crnn", False), ("crnn", True), ("cnn", False)])
-def test_a_crnn_slow_to_start_starts_again_from_another_initialisation(arch, chance, digits_dir, tmp_path,
+@pytest.mark.parametrize("arch, chance, scratch", [("crnn", False, True), ("crnn", True, True), ("cnn", False, True),
+                                                   ("crnn", False, False)])
+def test_a_crnn_slow_to_start_starts_again_from_another_initialisation(arch, chance, scratch, digits_dir, tmp_path,
                                                                         monkeypatch, capsys):
     monkeypatch.setattr(plan, "at_chance", lambda *a: chance)
     monkeypatch.setattr(plan, "SLOW_MIN_VAL", 0)  # digits_dir has 6 validation images
@@ -236,17 +237,18 @@ def test_a_crnn_slow_to_start_starts_again_from_another_initialisation(arch, cha
     build = state.build_network
     monkeypatch.setattr(state, "build_network", lambda *a: seeds.append(torch.initial_seed()) or build(*a))
     result = train(TrainConfig(data=[str(digits_dir)], arch=arch, epochs=6, seed=3, out=str(tmp_path / "m.pth"),
-                               plot="none", show_errors=0))
+                               plot="none", show_errors=0, from_scratch=scratch))
     out = capsys.readouterr().out
     if arch == "cnn":  # the CNN is judged only at chance
         assert "starting again" not in out and seeds == [3] and len(result.history) == 6
         return
     read = "the validation images no better than guessing" if chance else "only"
-    change = "another initialisation (seed 4)" + (" at learning rate 0.00033" if chance else "")
+    change = ("another initialisation" if scratch else "random weights") + " (seed 4)" + \
+        (" at learning rate 0.00033" if chance else "")  # after the base model's weights: random ones
     line = next(ln for ln in out.splitlines() if ln.startswith("after 5 epochs the crnn still reads "))
     assert read in line and ("% of the validation characters" in line) != chance
     assert f"starting again from {change}" in out and out.count("starting again") == 1
-    assert seeds == [3, 4] and result.config.seed == 4 and result.config.split_seed == 3
+    assert seeds == [3, 4] and result.config.seed == 4 and result.config.split_seed == 3 and result.config.from_scratch
     assert result.config.lr == pytest.approx(1e-3 / 3 if chance else 1e-3)
     alone = train(TrainConfig(data=[str(digits_dir)], arch=arch, epochs=1, seed=3, out=str(tmp_path / "n.pth"),
                               plot="none", show_errors=0))

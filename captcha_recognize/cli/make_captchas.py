@@ -8,6 +8,7 @@ from typing import Sequence
 
 from captcha_recognize.cli.common import Parser, image_size, positive_int, run
 from captcha_recognize.data.images import MAX_PIXELS
+from captcha_recognize.data.looks import FONTS_HINT, font_files
 from captcha_recognize.data.synthetic import generate
 from captcha_recognize.labelling.files import label_problem
 from captcha_recognize.runtime import check_writable
@@ -25,6 +26,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alphabet", default="0123456789", help="characters to draw from")
     p.add_argument("--length", type=positive_int, default=4, metavar="N", help="characters per captcha")
     p.add_argument("--size", type=image_size, default=(50, 22), metavar="WxH", help="saved image size (default: 50x22)")
+    p.add_argument("--looks", action="store_true",
+                   help="captchas of many looks for the base model (fonts installed from font packages, 3-8 "
+                        "digits, Latin or Cyrillic letters or arithmetic, each look its own size): --alphabet, "
+                        "--length and --size do not apply")
     args = p.parse_args(argv)
     if not args.alphabet:
         p.error("argument --alphabet: give at least one character")
@@ -33,6 +38,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.size[0] * args.size[1] > MAX_PIXELS or max(args.size) > MAX_SIDE:
         p.error(f"argument --size: at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all, "
                 f"got {args.size[0]}x{args.size[1]}")
+    if args.looks and not args.out:
+        p.error("--looks goes with --out: train_images/ and new_images/ hold the project's own 4-digit captchas")
+    if args.looks and not font_files():
+        p.error(f"--looks: no installed font draws digits, Latin and Cyrillic letters ({FONTS_HINT})")
     if args.out is None and (args.count is not None or args.seed is not None):
         p.error("--count and --seed go with --out; without it " +
                 " and ".join(f"{d}/ ({n}, seed {s})" for d, n, s in DEFAULT_SETS) + " are written")
@@ -50,7 +59,7 @@ def make(args: argparse.Namespace) -> int:
     for folder, _, _ in sets:  # a folder that cannot be written fails now, in one line
         check_writable("out", Path(folder) / "0.png")
     for folder, count, seed in sets:
-        generate(folder, count, seed, args.alphabet, args.length, args.size)
+        generate(folder, count, seed, args.alphabet, args.length, args.size, looks=args.looks)
         print(f"wrote {count} captchas to {folder}/")
     return 0
 

@@ -18,7 +18,12 @@ from captcha_recognize.text import shown
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = Parser(description="Read captcha images with a trained checkpoint.")
     p.add_argument("inputs", nargs="*", default=["new_images"], help="image folders and/or files")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=".pth checkpoint or .onnx export")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help=".pth checkpoint or .onnx export; 'base': the base model, untrained on any site")
+    p.add_argument("--alphabet", help="read only these characters (default: all the model reads; with the base "
+                                      "model, give the site's)")
+    p.add_argument("--length", type=positive_int, metavar="N",
+                   help="read exactly N characters (a CRNN; default: as trained, any length for the base model)")
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     p.add_argument("--json", metavar="FILE", help="write a JSON report to FILE ('-' for stdout)")
@@ -50,7 +55,8 @@ def predict(args: argparse.Namespace) -> int:
     """Read the images, print one line each and the summary, and write the reports asked for."""
     check_outputs(args)
     rec = CaptchaRecognizer(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                            min_confidence=args.min_confidence)
+                            min_confidence=args.min_confidence, alphabet=args.alphabet,
+                            length=args.length)
     results = predict_files(rec, list_images(args.inputs, args.recursive), args.answer)
     if not results:
         raise DataError(f"no readable images in {', '.join(map(shown, args.inputs))}")

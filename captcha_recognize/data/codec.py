@@ -36,6 +36,15 @@ class LabelConverter:
         """The length every reading has (the CNN's, or a fixed-length CRNN's); None: any."""
         return self.length if not self.ctc or self.fixed else None
 
+    def class_mask(self, chars: str) -> np.ndarray:
+        """``(n_classes,)`` booleans: the classes of ``chars`` and the blank, for readings restricted to them."""
+        unknown = sorted(set(chars) - set(self.index))
+        if unknown:
+            raise ValueError(f"the model does not read {''.join(unknown)!r} (it reads {self.alphabet!r})")
+        mask = np.zeros(self.n_classes, bool)
+        mask[[self.index[c] for c in chars] + ([self.blank] if self.ctc else [])] = True
+        return mask
+
     def accepts(self, label: str) -> bool:
         """Whether ``label`` can be encoded (alphabet, and length when it is fixed)."""
         ok = all(c in self.index for c in label) and len(label) > 0

@@ -3,6 +3,7 @@ from a seed: single images, an endless training set (``--synthetic``), and label
 (``make_captchas.py``, the tests and ``train_images/``)."""
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -10,18 +11,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from captcha_recognize.data.looks import looks_captcha, looks_text, seeded_captcha_package
 from captcha_recognize.data.preprocess import Preprocess, image_to_array
-
-
-class _SeededSecrets(random.Random):
-    """Stands in for the ``secrets`` module that the ``captcha`` package draws from,
-    so that rendering is reproducible from a seed."""
-
-    def randbelow(self, n: int) -> int:
-        return self.randrange(n)
-
-    def randbits(self, k: int) -> int:
-        return self.getrandbits(k)
 
 
 _renderers: dict[tuple[int, int], object] = {}
@@ -29,18 +20,12 @@ _renderers: dict[tuple[int, int], object] = {}
 
 def render_captcha(text: str, seed: int, width: int = 100, height: int = 40) -> Image.Image:
     """A synthetic captcha of ``text`` drawn by the ``captcha`` package, reproducible from ``seed``."""
-    from captcha import image as captcha_image
-
     key = (width, height)
-    if key not in _renderers:
-        sizes = tuple(int(height * f) for f in (0.75, 0.85, 0.95))
-        _renderers[key] = captcha_image.ImageCaptcha(width=width, height=height, font_sizes=sizes)
-    saved = captcha_image.secrets
-    captcha_image.secrets = _SeededSecrets(seed)
-    try:
+    with seeded_captcha_package(seed) as captcha_image:
+        if key not in _renderers:
+            sizes = tuple(int(height * f) for f in (0.75, 0.85, 0.95))
+            _renderers[key] = captcha_image.ImageCaptcha(width=width, height=height, font_sizes=sizes)
         return _renderers[key].generate_image(text)
-    finally:
-        captcha_image.secrets = saved
 
 
 def random_text(rng: random.Random, alphabet: str, length: int) -> str:
@@ -75,16 +60,17 @@ class SyntheticCaptchas(torch.utils.data.Dataset):
 
 
 def generate(out: str | Path, count: int, seed: int, alphabet: str = "0123456789", length: int = 4,
-             size: tuple[int, int] = (50, 22), show: bool = True) -> list[Path]:
+             size: tuple[int, int] = (50, 22), show: bool = True, looks: bool = False) -> list[Path]:
     """Write ``count`` captchas named by their labels to ``out`` (``<label>_<k>.png`` when a
-    label repeats); returns their paths."""
+    label repeats); returns their paths. ``looks``: captchas of many looks and texts
+    (``data.looks``) instead of ``alphabet``, ``length`` and ``size``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     paths, used = [], set()
     for i in tqdm(range(count), desc=f"{out}", disable=None if show else True):
-        text = random_text(rng, alphabet, length)
-        img = synthetic_captcha(text, seed * 1_000_003 + i, size)
+        text = looks_text(rng) if looks else random_text(rng, alphabet, length)
+        img = (looks_captcha if looks else functools.partial(synthetic_captcha, size=size))(text, seed * 1_000_003 + i)
         name, k = f"{text}.png", 1
         while name in used or (out / name).exists():
             k += 1

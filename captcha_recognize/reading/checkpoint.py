@@ -21,7 +21,7 @@ from captcha_recognize.data.preprocess import Preprocess
 from captcha_recognize.errors import CheckpointError
 from captcha_recognize.files import atomic_write
 from captcha_recognize.model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
-from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT, ModelSpec
+from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT, ModelSpec, model_path
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
 REQUIRED_KEYS = ("format", "model", "model_args", "alphabet", "label_length", "preprocess")
@@ -81,8 +81,9 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint dict, loaded with ``weights_only=True`` (pickled code is refused) and checked."""
-    path = Path(path)
+    """The checkpoint dict, loaded with ``weights_only=True`` (pickled code is refused) and checked;
+    ``base`` is the shipped base model (``spec.model_path``)."""
+    path = model_path(path)
     if not path.is_file():
         out = "" if path.name == DEFAULT_CHECKPOINT else f" --out {path}"
         raise CheckpointError(f"no checkpoint at {path} (train one with: python torch_model_train.py{out})")

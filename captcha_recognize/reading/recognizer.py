@@ -22,15 +22,18 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
+from captcha_recognize.data.codec import LabelConverter
 from captcha_recognize.data.folders import decode_files, warn_skipped
 from captcha_recognize.data.images import MAX_PIXELS, ImageInput, open_image
 from captcha_recognize.data.labels import parse_label
+from captcha_recognize.data.looks import look_alike
 from captcha_recognize.data.preprocess import image_to_array, images_to_array
 from captcha_recognize.reading.inference import infer
-from captcha_recognize.errors import MissingPackage
+from captcha_recognize.errors import ConfigError, MissingPackage
 from captcha_recognize.reading.answer import Answer
 from captcha_recognize.reading.answer import answer as evaluate
 from captcha_recognize.reading.onnx_file import OnnxModel
+from captcha_recognize.reading.spec import model_path
 
 CPU_CHUNK = 64  # images per worker task on the CPU
 T, R = TypeVar("T"), TypeVar("R")
@@ -64,20 +67,42 @@ ACCEPTS_NOTHING = "accepts no reading: its validation images could not vouch for
 class CaptchaRecognizer:
     """A trained model ready to read captchas: ``.pth`` checkpoints (PyTorch) or ``.onnx``
     exports (onnxruntime). Preprocessing and decoding are the training ones. ``min_confidence``
-    overrides the checkpoint's accept threshold."""
+    overrides the checkpoint's accept threshold; ``alphabet`` restricts the readings to those characters
+    (the base model, ``base``, reads digits, Latin and Cyrillic letters and arithmetic: give it the site's),
+    and ``length`` makes a CRNN read exactly that many characters."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256,
-                 workers: int | None = None, min_confidence: float | None = None):
-        self.path, self.batch_size = Path(path), batch_size
+                 workers: int | None = None, min_confidence: float | None = None, alphabet: str | None = None,
+                 length: int | None = None):
+        self.path, self.batch_size = model_path(path), batch_size
         self.model = load_model(self.path, device)
         self.device = self.model.device
         self.workers = workers or self.model.threads()
         self.spec = self.model.spec
         self.converter = self.spec.converter
+        if length is not None and length != self.converter.fixed_length:
+            if not self.converter.ctc:
+                raise ConfigError("length", f"this CNN reads {self.converter.length} characters, not {length}")
+            self.converter = LabelConverter(self.converter.alphabet, length, ctc=True, fixed=True)
         self.preprocess = self.spec.preprocess
         self.arch = self.spec.arch
         self.temperature = self.spec.temperature
         self.threshold = self.spec.threshold if min_confidence is None else min_confidence
+        self.alphabet = alphabet or self.converter.alphabet  # what the readings hold
+        self.only, self.renamed = self.restrict(alphabet) if alphabet is not None else (None, {})
+
+    def restrict(self, alphabet: str) -> tuple[np.ndarray, dict[int, str]]:
+        """The class mask ``(K,)`` of ``alphabet``, and the characters read as a look-alike the model knows
+        (Cyrillic ``е`` as Latin ``e``), to be renamed in the readings."""
+        if not alphabet:
+            raise ConfigError("alphabet", "give the characters to read, or leave it out to read all the model reads")
+        known = self.converter.alphabet
+        alike = {c: twin for c in alphabet if (twin := look_alike(c, known)) and twin not in alphabet}  # wanted: read
+        try:
+            mask = self.converter.class_mask("".join(alike.get(c, c) for c in alphabet))
+        except ValueError as e:
+            raise ConfigError("alphabet", str(e)) from None
+        return mask, {ord(read): c for c, read in alike.items()}
 
     @property
     def accepts_nothing(self) -> bool:
@@ -89,12 +114,22 @@ class CaptchaRecognizer:
         return self.threshold is None or confidence >= self.threshold
 
     def logits(self, x: Any) -> np.ndarray:
-        """Model logits for a normalized batch ``(B, C, H, W)`` (an array, or a tensor for PyTorch models)."""
-        return self.model.logits(x)
+        """Model logits ``(B, T|P, K)`` for a normalized batch ``(B, C, H, W)`` (an array, or a tensor for
+        PyTorch models); classes outside ``alphabet`` never win."""
+        logits = self.model.logits(x)
+        return logits if self.only is None else np.where(self.only, logits, np.float32(-1e4))
 
     def predict_arrays(self, arrays: Any) -> list[tuple[str, float]]:
         """Texts and confidences for uint8 images ``(N, C, H, W)`` already at the input size."""
-        return list(zip(*infer(self.logits, self.converter, arrays, self.batch_size, self.temperature)))
+        return self.renaming(*infer(self.logits, self.converter, arrays, self.batch_size, self.temperature))
+
+    def read_logits(self, logits: np.ndarray, temperature: float) -> list[tuple[str, float]]:
+        """Texts and confidences (at ``temperature``) of this model's logits ``(N, T|P, K)``."""
+        return self.renaming(*self.converter.decode(logits, temperature))
+
+    def renaming(self, texts: Sequence[str], confidences: Sequence[float]) -> list[tuple[str, float]]:
+        """``(text, confidence)`` pairs, each character read as a look-alike renamed to the one asked for."""
+        return [(t.translate(self.renamed), c) for t, c in zip(texts, confidences)]
 
     def prepare(self, image: ImageInput, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
         """One image as the model's uint8 input ``(C, H, W)``; see ``data.images.open_image`` for ``max_pixels``."""
@@ -141,8 +176,9 @@ class CaptchaRecognizer:
 
     def label_of(self, path: str | os.PathLike) -> str | None:
         """The label in a file name, if it is one this model could read."""
-        label = parse_label(path, self.converter.alphabet, self.spec.rules)
-        return label if label is not None and self.converter.accepts(label) else None
+        label = parse_label(path, self.alphabet, self.spec.rules)
+        fits = label is not None and set(label) <= set(self.alphabet)
+        return label if fits and self.converter.fixed_length in (None, len(label)) else None
 
 
 def predict_files(rec: CaptchaRecognizer, files: Sequence[Path], answer: bool = False) -> list[dict[str, Any]]:

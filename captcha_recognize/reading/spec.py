@@ -3,7 +3,9 @@ checkpoint and an ``.onnx`` export carry the same one, so both rebuild the same 
 preprocessing and confidence."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from captcha_recognize.data.codec import LabelConverter
@@ -11,6 +13,14 @@ from captcha_recognize.data.labels import LabelRules
 from captcha_recognize.data.preprocess import Preprocess
 
 DEFAULT_CHECKPOINT = "captcha_recognize.pth"  # the shipped model; what train_images/ trains and the scripts read
+BASE_NAME = "base"  # names the base model wherever a checkpoint is asked for
+BASE_CHECKPOINT = Path(__file__).resolve().parents[1] / "base_model.pth"  # trained on captchas of many looks
+
+
+def model_path(name: str | os.PathLike) -> Path:
+    """The model file ``name`` names: ``base`` is the shipped base model, unless a file of that name exists."""
+    return BASE_CHECKPOINT if str(name) == BASE_NAME and not Path(name).exists() else Path(name)
+
 
 @dataclass
 class ModelSpec:

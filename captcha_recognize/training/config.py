@@ -82,6 +82,9 @@ class TrainConfig:
     init_from: str | None = option(
         None, "output", "start from these weights (fine-tuning), keeping the checkpoint's architecture, alphabet, "
         "length, input and label rules", metavar="CKPT")
+    from_scratch: bool = option(
+        False, "output", "start from random weights, not from the base model (by default a CRNN starts from the "
+        "base model's weights, trained on captchas of many looks)", parse=None)
     plot: str = option("auto", "output", "training-curve PNG (auto: <out>.png; 'none' to skip)", metavar="PNG")
     show_errors: int = option(10, "output", "validation mistakes shown at the end", int, checks.NON_NEGATIVE_INT,
                               metavar="N")
@@ -182,8 +185,8 @@ def flags() -> list[Any]:
 RESUME_CONFLICTS = ("data", "arch", "alphabet", "case", "label_map", "recursive", "length", "img_size", "channels",
                     "ink", "seed", "split_seed", "val_split", "batch_size", "synthetic")
 # how this call runs and reports, not what the run is: a resumed run takes them from the call
-NOT_RESUMED = {"resume", "init_from", "device", "workers", "threads", "amp", "show_errors", "plot", "quiet",
-               "time_budget", "events", "given"}
+NOT_RESUMED = {"resume", "init_from", "from_scratch", "device", "workers", "threads", "amp", "show_errors", "plot",
+               "quiet", "time_budget", "events", "given"}
 MIN_SIZE = {"cnn": (MIN_SIDE, MIN_SIDE), "crnn": (8, MIN_SIDE), "auto": (8, MIN_SIDE)}  # smallest (width, height)
 
 

@@ -28,6 +28,7 @@ from captcha_recognize.reading.spec import ModelSpec
 from captcha_recognize.runtime import default_threads
 from captcha_recognize.text import plural
 from captcha_recognize.training import loop, plan
+from captcha_recognize.training.base import base_start
 from captcha_recognize.training.config import TrainConfig, check_config, last_path, plot_path
 from captcha_recognize.training.distributed import ProcessGroup
 from captcha_recognize.training.events import Events, silent
@@ -56,6 +57,7 @@ class Run:
     data_sha256: str  # their names, labels and sizes (task.fingerprint): a resumed run must find the same
     group: ProcessGroup
     events: Events
+    start_weights: dict[str, torch.Tensor] | None = None  # the base model's, fitted (training.base)
 
 
 @dataclass
@@ -131,13 +133,16 @@ def set_up(cfg: TrainConfig, resume: dict[str, Any] | None, group: ProcessGroup,
         arch=cfg.arch, n_classes=len(converter.alphabet), n_positions=converter.length or 0,
         in_channels=pre.in_channels, img_h=pre.height, img_w=pre.width))
     n_images = len(data.labels) if data is not None else 0
-    return Run(cfg, given, spec, model_args, train_set, val, span, n_images, fingerprint(data), group, events), init
+    start = base_start(cfg, model_args, spec.alphabet, pre.channels, events) if init is None else None
+    return Run(cfg, given, spec, model_args, train_set, val, span, n_images, fingerprint(data), group, events,
+               start), init
 
 
 def begin(run: Run, resume: dict[str, Any] | None, init: dict[str, Any] | None, may_restart: bool) -> Attempt:
     """The model state, the plan and the saver of an attempt (continued from ``resume`` when given)."""
     cfg, group = run.cfg, run.group
-    state = build_state(cfg, run.train_set, run.model_args, init, group, group.device)
+    start = init if init is not None else {"model": run.start_weights} if run.start_weights is not None else None
+    state = build_state(cfg, run.train_set, run.model_args, start, group, group.device)
     budget = 60 * cfg.time_budget if cfg.time_budget else plan.default_budget(len(run.train_set))
     schedule = plan.Plan(
         [plan.Cycle(1, cfg.epochs, cfg.lr)], cfg.epochs, budget, fixed=run.given.epochs is not None,
@@ -237,8 +242,8 @@ def run_epochs(attempt: Attempt) -> plan.Restart | None:
 
 def restart_config(run: Run, restart: plan.Restart) -> tuple[TrainConfig, str]:
     """How a run stuck at chance starts again, and the line that says so: the CNN as a CRNN, a run from
-    a checkpoint at a third of the rate, a fresh CRNN from another initialisation (seed + 1, the same
-    validation split), at a third of the rate if at chance."""
+    a checkpoint at a third of the rate, a CRNN from another initialisation (seed + 1, the same validation
+    split; random weights after the base model's), at a third of the rate if at chance."""
     cfg = run.cfg
     if cfg.arch == "cnn" and not cfg.init_from:
         new, change = replace(run.given, arch="crnn"), "starting again as a CRNN, which reads text at any place"
@@ -246,8 +251,10 @@ def restart_config(run: Run, restart: plan.Restart) -> tuple[TrainConfig, str]:
         new, change = replace(run.given, lr=cfg.lr / 3), f"starting again at learning rate {cfg.lr / 3:.2g}"
     else:
         lr = cfg.lr / 3 if restart.chance else cfg.lr
-        new = replace(run.given, seed=cfg.seed + 1, split_seed=cfg.val_seed, lr=lr)
-        change = f"starting again from another initialisation (seed {new.seed})" + \
+        new = replace(run.given, seed=cfg.seed + 1, split_seed=cfg.val_seed, lr=lr,
+                      from_scratch=cfg.from_scratch or run.start_weights is not None)
+        change = ("starting again from random weights" if run.start_weights is not None else
+                  "starting again from another initialisation") + f" (seed {new.seed})" + \
             (f" at learning rate {lr:.2g}" if restart.chance else "")
     return new, f"after {plural(restart.epoch, 'epoch')} the {cfg.arch} still reads {restart.read}: {change}"
 

@@ -1,0 +1,75 @@
+"""Train the base model that trainings start from: captchas of many looks, then a CRNN on them.
+
+Usage:
+    python -m captcha_recognize.cli.base_model                    # base_images/, then the shipped base model
+    python -m captcha_recognize.cli.base_model --minutes 90       # a longer training
+
+The images are written to ``<images>.partial`` and renamed when all are there (an interrupted drawing
+starts again; a folder already there is used as it is), and an interrupted training resumes from its
+last save point (``--resume``).
+The fonts are the installed ones that draw Latin and Cyrillic; the shipped base model saw those of
+``apt-get install fonts-dejavu fonts-dejavu-extra fonts-freefont-ttf fonts-urw-base35 fonts-liberation
+fonts-liberation2 fonts-crosextra-carlito fonts-linuxlibertine`` (92 font files).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from captcha_recognize.cli.common import Parser, positive_float, positive_int, run
+from captcha_recognize.data.folders import list_images
+from captcha_recognize.data.looks import BASE_ALPHABET, FONTS_HINT, font_files
+from captcha_recognize.data.synthetic import generate
+from captcha_recognize.errors import DataError
+from captcha_recognize.reading.spec import BASE_CHECKPOINT
+from captcha_recognize.training import TrainConfig, train
+from captcha_recognize.training.config import last_path
+
+INPUT = (128, 32)  # (W, H): a CRNN input of the usual height; taller inputs take its projection row by row
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = Parser(description="Train the base model on generated captchas of many looks.")
+    p.add_argument("--images", default="base_images", help="folder of the generated captchas")
+    p.add_argument("--count", type=positive_int, default=40000, metavar="N", help="captchas to generate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the captchas and of the training")
+    p.add_argument("--minutes", type=positive_float, default=45.0, help="training time budget")
+    p.add_argument("--epochs", type=positive_int, metavar="N", help="passes over the captchas (default: what the "
+                                                                     "time budget holds)")
+    p.add_argument("--out", default=str(BASE_CHECKPOINT), help="the base checkpoint to write")
+    return p.parse_args(argv)
+
+
+def images(folder: Path, count: int, seed: int) -> Path:
+    """``folder`` with ``count`` captchas of many looks, generated now unless they are there."""
+    if folder.is_dir():
+        return folder
+    if not font_files():
+        raise DataError(f"no installed font draws digits, Latin and Cyrillic letters ({FONTS_HINT})")
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # an interrupted generation starts again: each image is its seed's
+    generate(partial, count, seed, looks=True)
+    os.replace(partial, folder)
+    return folder
+
+
+def base_model(args: argparse.Namespace) -> int:
+    folder = images(Path(args.images), args.count, args.seed)
+    print(f"{len(list_images([folder]))} captchas in {folder}/")
+    resume = "" if Path(last_path(args.out)).exists() else None
+    train(TrainConfig(data=[str(folder)], alphabet=BASE_ALPHABET, case="keep", arch="crnn", ink="off",
+                      img_size=INPUT, val_split=0.02, batch_size=64, time_budget=args.minutes, epochs=args.epochs,
+                      seed=args.seed, out=args.out, from_scratch=True, resume=resume))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(lambda: base_model(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
