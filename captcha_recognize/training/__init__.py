@@ -5,12 +5,12 @@
     print(result.best["sequence_accuracy"], result.out)
 
 The modules, in the order a run uses them: ``config`` (``TrainConfig``, its checks and outputs),
-``resume``, ``task`` (the data, the architecture, the alphabet and input), ``base`` (starting
-from the base model's weights), ``recipe`` (the
-defaults the data decides), ``state`` (model, optimizer, weight average, batches), ``loop`` (one
-epoch), ``plan`` (how long, decided after each epoch), ``saver`` (the best epoch and the save
-points), ``supervised`` (a whole run), ``selftrain`` (``--unlabelled``), ``crossread`` (each image
-read by a model that never saw it), ``events`` (what a run reports), ``distributed`` (torchrun).
+``resume``, ``task`` (the data, the architecture, the alphabet and input), ``base`` (starting from
+the base model's weights), ``recipe`` (the defaults the data decides), ``state`` (model, optimizer,
+weight average, batches), ``loop`` (one epoch), ``plan`` (how long, decided after each epoch),
+``saver`` (the best epoch and the save points), ``supervised`` (a whole run), ``selftrain``
+(``--unlabelled``), ``crossread`` (each image read by a model that never saw it), ``events`` (what a
+run reports), ``distributed`` (torchrun).
 """
 from __future__ import annotations
 
