@@ -59,8 +59,10 @@ def test_accuracy_benchmark_quick(tmp_path):
     rows = table_rows(r.stdout)
     archs = [row[1] for row in rows]
     assert "cnn" in archs and "crnn" in archs and any(a.startswith("auto (") for a in archs)
+    base = next(row for row in rows if row[1] == "base model (zero-shot)")  # no training, the same test split
+    assert base[2] == "0" and base[4] == "12" and re.fullmatch(r"\d+\.\d\d% / \d+\.\d\d%", base[5])
     for row in rows:
-        if row[1] != "ddddocr (zero-shot)":
+        if "(zero-shot)" not in row[1]:
             assert row[2] == "48" and row[4] == "12"  # 80% of 60 images trained on, 20% untouched
             assert re.fullmatch(r"\d+\.\d\d% / \d+\.\d\d%", row[5])
             assert len(row[6].split(" / ")) == 4 and row[9].endswith(" s") and row[10].endswith(" MB")
