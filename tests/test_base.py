@@ -174,7 +174,7 @@ def test_the_base_model_is_made_and_a_training_starts_from_it(tmp_path, monkeypa
                       quiet=True)
     train(cfg, lambda e: notes.append(e["text"]) if e["event"] == "note" else None)
     assert any(n.startswith("starting from the base model: its backbone, 10 of the 10") for n in notes)
-    assert torch.equal(starts[0]["model"]["features.3.weight"], made["model"]["features.3.weight"])
+    assert torch.equal(starts[0]["model"]["features.4.weight"], made["model"]["features.4.weight"])
 
 
 def test_predict_reads_with_the_base_model_held_to_the_sites_characters(fake_base, digits_dir, tmp_path,
