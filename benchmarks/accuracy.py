@@ -5,6 +5,7 @@ Usage:
     python benchmarks/accuracy.py --datasets percent4-digits --archs cnn --seeds 0 1 2
     python benchmarks/accuracy.py --sizes 100 200 400 all           # the few-labels curve
     python benchmarks/accuracy.py --sizes 50 200 --compare-scratch --plot docs/base_curve.png  # the base model's worth
+    python benchmarks/accuracy.py --zero-shot                       # the base model and ddddocr, no training
     python benchmarks/accuracy.py --quick                           # smoke run on generated captchas
     python benchmarks/accuracy.py --archs crnn --train-args="--ema 0.99"   # a non-default recipe
     python benchmarks/accuracy.py ... --markdown docs/results.md    # also write the table there
@@ -193,6 +194,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-scratch", action="store_true",
                    help="train each row twice: as the default does (from the base model where it applies) and "
                         "with --from-scratch")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="only the zero-shot rows (the base model and ddddocr, no training): minutes, not hours")
     p.add_argument("--plot", metavar="PNG", help="also plot whole-captcha accuracy against training images, one "
                                                  "panel per dataset, zero-shot readers at 0")
     p.add_argument("--quick", action="store_true", help="smoke run: generated captchas, 1 seed, 2 epochs")
@@ -217,7 +220,7 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
     files = list_images([folder])
     alphabet = infer_alphabet(true_label(f) or "" for f in files)
     rows = []
-    for size in args.sizes:
+    for size in [] if args.zero_shot else args.sizes:
         n = None if size == "all" else int(size)
         starts = (False, True) if args.compare_scratch else (False,)  # --from-scratch or not; the CNN always is
         for arch, scratch in ((a, s) for a in args.archs for s in starts if not (s and a == "cnn")):

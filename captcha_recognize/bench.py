@@ -55,17 +55,25 @@ def split_files(files: Sequence[Path], seed: int, n_train: int | None) -> tuple[
 MODELS = ROOT / "bench_out" / "models"  # trained_model's cache
 
 
+def start_key() -> str:
+    """What a default training starts from, for ``trained_model``'s cache: the base model's weights
+    (CRNN runs start from them), so a new base model trains the cached models anew."""
+    from captcha_recognize.reading.checkpoint import load_checkpoint
+    from captcha_recognize.reading.spec import BASE_CHECKPOINT
+    return load_checkpoint(BASE_CHECKPOINT)["weights_sha256"] if BASE_CHECKPOINT.is_file() else "random"
+
+
 def trained_model(name: str, folder: Path, seed: int = 0, n_train: int | None = None) -> tuple[Path, list[Path]]:
     """(checkpoint, test files): the model the default command trains on ``folder``'s training split of
     ``seed`` (``split_files``: ``n_train`` of its 80%, all for None), and the 20% it never saw. Trained
-    once and kept in ``bench_out/models/`` under a name that holds the split's file names: delete it to
-    train anew. A run trains in ``bench_out/models/training/`` and moves there only when it has ended,
-    so an interrupted one is resumed, never taken for a finished model."""
+    once and kept in ``bench_out/models/`` under a name that holds the split's file names and the base
+    model's weights (``start_key``): delete it to train anew. A run trains in ``bench_out/models/training/``
+    and moves there only when it has ended, so an interrupted one is resumed, never taken for a finished one."""
     from captcha_recognize.training import TrainConfig, train
     from captcha_recognize.training.config import last_path
     files = list_images([folder])
     train_files, test = split_files(files, seed, n_train)
-    key = hashlib.sha256("\n".join(f.name for f in train_files).encode()).hexdigest()[:12]
+    key = hashlib.sha256("\n".join([start_key(), *(f.name for f in train_files)]).encode()).hexdigest()[:12]
     out = MODELS / f"{name}-{len(train_files)}-seed{seed}-{key}.pth"
     if not out.exists():
         work = MODELS / "training" / out.name

@@ -191,3 +191,42 @@ def test_predict_reads_with_the_base_model_held_to_the_sites_characters(fake_bas
     assert len(results) == 64 and all(len(r["prediction"]) == 4 and r["prediction"].isdigit() for r in results)
     assert all(r["label"] is not None for r in results)  # the names are scored against the digits
     assert predict.main([str(digits_dir), "--checkpoint", "base", "--alphabet", "0*"]) == 2
+
+
+def test_the_shipped_base_model_accepts_no_reading_of_a_site(digits_dir, tmp_path, capsys):
+    import json
+
+    from captcha_recognize.cli import predict
+    report = tmp_path / "r.json"
+    assert predict.main([str(digits_dir), "--checkpoint", "base", "--alphabet", "0123456789", "--json",
+                         str(report)]) == 0
+    results = json.loads(report.read_text())["files"]
+    assert len(results) == 64 and not any(r["accept"] for r in results)
+    assert "accepts no reading" in capsys.readouterr().err
+    assert CaptchaRecognizer("base", min_confidence=0.5).accepts(0.6)  # the user can still choose a threshold
+
+
+def test_the_base_model_command_leaves_it_accepting_no_reading(tmp_path, monkeypatch, digits_dir):
+    import shutil
+
+    from captcha_recognize.cli import base_model
+    from captcha_recognize.reading.checkpoint import seal
+    trained = fresh_checkpoint(tmp_path / "trained.pth", "crnn", BASE_ALPHABET, 8, Preprocess(128, 32, 1))
+    ckpt = load_checkpoint(trained)
+    torch.save(seal({**ckpt, "threshold": 0.5}), trained)  # as if calibrated on generated captchas
+    monkeypatch.setattr(base_model, "train", lambda cfg: shutil.copy(trained, cfg.out))
+    out = tmp_path / "base.pth"
+    assert base_model.main(["--images", str(digits_dir), "--out", str(out)]) == 0
+    assert CaptchaRecognizer(out).accepts_nothing
+
+
+def test_accept_none_keeps_everything_but_the_threshold(tmp_path):
+    from captcha_recognize.reading.calibration import accept_none
+    path = fresh_checkpoint(tmp_path / "m.pth", "crnn", "0123456789", 4, Preprocess(64, 32, 1))
+    before = load_checkpoint(path)
+    assert not CaptchaRecognizer(path).accepts_nothing
+    accept_none(path)
+    after = load_checkpoint(path)  # still sealed: it loads
+    assert CaptchaRecognizer(path).accepts_nothing
+    assert after["temperature"] == before["temperature"] and after["alphabet"] == before["alphabet"]
+    assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())

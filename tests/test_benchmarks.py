@@ -85,6 +85,15 @@ def test_accuracy_benchmark_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_accuracy_benchmark_zero_shot_reads_without_training(capsys):
+    assert benchmark("accuracy").main(["--quick", "--zero-shot"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows and all(row[1].endswith("(zero-shot)") and row[2] == "0" for row in rows)
+    base = next(row for row in rows if row[1] == "base model (zero-shot)")
+    assert base[12] == "0.00%" and base[13] == "n/a"  # the base model accepts no reading of a site
+
+
+@pytest.mark.slow
 def test_accuracy_benchmark_passes_train_args_to_training():
     r = run_script("benchmarks/accuracy.py", "--quick", "--archs", "crnn", "--train-args=--ema 0.5 --bogus-flag",
                    timeout=600)
@@ -264,6 +273,8 @@ def test_a_benchmark_model_is_trained_once_on_the_training_split_alone(tmp_path,
     assert not {str(f) for f in test} & set(seen[0]) and len(seen[0]) == 40
     other, _ = bench.trained_model("set", folder, seed=1)
     assert other != first and len(seen) == 2  # another split, another model
+    monkeypatch.setattr(bench, "start_key", lambda: "another base model")
+    assert bench.trained_model("set", folder)[0] != first and len(seen) == 3  # another start, another model
 
 
 def test_an_interrupted_benchmark_model_is_resumed_not_taken_for_finished(tmp_path, monkeypatch):

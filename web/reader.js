@@ -332,7 +332,7 @@ export class Reader {
   describe() {
     const s = this.spec, pre = s.preprocess;
     const accepts = s.threshold === null || s.threshold === undefined ? "accepts every reading"
-      : s.threshold > 1 ? "accepts nothing (its validation images were too few to vouch for any confidence)"
+      : s.threshold > 1 ? "accepts nothing (no labelled images of these captchas vouch for any confidence)"
         : `accepts readings of confidence >= ${s.threshold.toFixed(4)}`;
     return `${s.arch}, alphabet ${s.alphabet}, input ${pre.width}x${pre.height}, ${accepts}`;
   }

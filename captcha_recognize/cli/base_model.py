@@ -6,7 +6,8 @@ Usage:
 
 The images are written to ``<images>.partial`` and renamed when all are there (an interrupted drawing
 starts again; a folder already there is used as it is), and an interrupted training resumes from its
-last save point (``--resume``).
+last save point (``--resume``). The base model accepts no reading (``--min-confidence`` overrides): a
+threshold set on generated captchas does not hold on real sites.
 The fonts are the installed ones that draw Latin and Cyrillic; the shipped base model saw those of
 ``apt-get install fonts-dejavu fonts-dejavu-extra fonts-freefont-ttf fonts-urw-base35 fonts-liberation
 fonts-liberation2 fonts-crosextra-carlito fonts-linuxlibertine`` (92 font files).
@@ -25,6 +26,7 @@ from captcha_recognize.data.folders import list_images
 from captcha_recognize.data.looks import BASE_ALPHABET, FONTS_HINT, font_files
 from captcha_recognize.data.synthetic import generate
 from captcha_recognize.errors import DataError
+from captcha_recognize.reading.calibration import accept_none
 from captcha_recognize.reading.spec import BASE_CHECKPOINT
 from captcha_recognize.training import TrainConfig, train
 from captcha_recognize.training.config import last_path
@@ -64,6 +66,9 @@ def base_model(args: argparse.Namespace) -> int:
     train(TrainConfig(data=[str(folder)], alphabet=BASE_ALPHABET, case="keep", arch="crnn", ink="off",
                       img_size=INPUT, val_split=0.02, batch_size=64, time_budget=args.minutes, epochs=args.epochs,
                       seed=args.seed, out=args.out, from_scratch=True, resume=resume))
+    accept_none(args.out)
+    print(f"{args.out} accepts no reading: its threshold was set on generated captchas, which cannot vouch for "
+          "its answers on a real site (a model trained from it sets its own)")
     return 0
 
 

@@ -238,3 +238,10 @@ def calibrate_checkpoint(path: str | os.PathLike, arrays: np.ndarray, labels: Se
     atomic_save(seal({**load_checkpoint(path), "temperature": cal.temperature, "threshold": cal.threshold,
                       "calibration": asdict(cal)}), path)
     return cal
+
+
+def accept_none(path: str | os.PathLike) -> None:
+    """Make the checkpoint at ``path`` accept no reading (atomically), its temperature and the
+    calibration's numbers kept: for the base model, whose threshold was set on generated captchas,
+    which cannot vouch for its answers on a site it has never seen."""
+    atomic_save(seal({**load_checkpoint(path), "threshold": ACCEPT_NONE}), path)

@@ -61,7 +61,8 @@ def load_model(path: Path, device: str) -> Any:
     return TorchModel(path, device)
 
 
-ACCEPTS_NOTHING = "accepts no reading: its validation images could not vouch for any confidence (its training said why)"
+ACCEPTS_NOTHING = ("accepts no reading: no labelled images of these captchas vouch for any confidence (too few in its "
+                   "validation split, as its training said, or none: the base model has seen no site)")
 
 
 class CaptchaRecognizer:
