@@ -223,7 +223,10 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
     for size in [] if args.zero_shot else args.sizes:
         n = None if size == "all" else int(size)
         starts = (False, True) if args.compare_scratch else (False,)  # --from-scratch or not; the CNN always is
-        for arch, scratch in ((a, s) for a in args.archs for s in starts if not (s and a == "cnn")):
+        trained_as: set[str] = set()  # the archs the row before trained
+        for arch, scratch in ((a, s) for a in args.archs for s in starts):
+            if scratch and (arch == "cnn" or trained_as == {"cnn"}):
+                continue  # the CNN starts from random weights anyway: the same run again
             runs = []
             for seed in args.seeds:
                 train_files, test = split_files(files, seed, n)
@@ -240,10 +243,10 @@ def bench_folder(name: str, folder: str, args: argparse.Namespace, base: TrainCo
                       f"{100 * runs[-1]['sequence_accuracy']:.2f}% in {runs[-1]['seconds']:.0f}s; "
                       f"wrong: {' '.join(runs[-1]['wrong']) or 'none'}"
                       + (f"; {runs[-1]['note']}" if runs[-1]["note"] else ""), file=sys.stderr)
-            picked = "/".join(sorted({r["arch"] for r in runs}))
-            shown_arch = f"auto ({picked})" if arch == "auto" else arch
-            label = (f"{shown_arch}{f' + {len(rest)} unlabelled' if args.unlabelled else ''} {args.train_args}"
-                     f"{' --from-scratch' if scratch else ''}").strip()
+            trained_as = {r["arch"] for r in runs}
+            shown_arch = f"auto ({'/'.join(sorted(trained_as))})" if arch == "auto" else arch
+            label = " ".join(part for part in (shown_arch + (f" + {len(rest)} unlabelled" if args.unlabelled else ""),
+                                               args.train_args, "--from-scratch" if scratch else "") if part)
             rows.append((name, label, str(len(train_files)), args.seeds, summarize(runs)))
     tests = [split_files(files, seed, None)[1] for seed in args.seeds]
     lengths = {len(true_label(f) or "") for f in files}

@@ -92,8 +92,13 @@ def test_feature_maps_of_other_heights_project_as_the_base_does(height):
     other.proj.weight.data = tile_rows(base_model.proj.weight.data, 128, other.proj.in_features)
     other.proj.bias.data = base_model.proj.bias.data  # (D,): the same shape, copied as it is
     rows = torch.randn(1, 128, 1, 8)  # (B, C, 1, T): features that do not change down a column
-    def project(model, h):  # the model's own flatten: (B, C, H', T) -> (B, T, C * H')
-        return model.proj(rows.expand(1, 128, h, 8).permute(0, 3, 1, 2).flatten(2))
+
+    def project(model, h):  # the projection's output in the model's own forward, on those features h high
+        model.features.register_forward_hook(lambda m, i, o: rows.expand(1, 128, h, 8))  # (B, C, H', T)
+        out = []
+        model.proj.register_forward_hook(lambda m, i, o: out.append(o))
+        model.eval()(torch.zeros(1, 1, 16 * h, 32))
+        return out[0]  # (B, T, D)
     assert torch.allclose(project(base_model, 2), project(other, height // 16), atol=1e-4)
 
 
@@ -141,7 +146,7 @@ def test_reading_can_be_held_to_one_length(tmp_path):
     assert len(CaptchaRecognizer(ckpt).predict(image)[0]) != 5  # fresh: mostly blank
     assert len(CaptchaRecognizer(ckpt, length=5).predict(image)[0]) == 5
     cnn = fresh_checkpoint(tmp_path / "c.pth", "cnn", "0123456789", 4, Preprocess(50, 22, 3))
-    assert len(CaptchaRecognizer(cnn, length=4).predict(np.zeros((22, 50, 3), np.uint8))[0]) == 4
+    assert len(CaptchaRecognizer(cnn, length=4).predict(np.zeros((22, 50, 3), np.uint8))[0]) == 4  # its own: fine
     with pytest.raises(ConfigError, match="reads 4 characters, not 5"):
         CaptchaRecognizer(cnn, length=5)
 
@@ -149,9 +154,19 @@ def test_reading_can_be_held_to_one_length(tmp_path):
 def test_base_names_the_shipped_base_model(tmp_path, monkeypatch):
     assert model_path("base") == BASE_CHECKPOINT
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    assert model_path("base") == BASE_CHECKPOINT  # a folder of that name (of images, say) does not
+    (tmp_path / "base").rmdir()
     (tmp_path / "base").write_bytes(b"")
     assert model_path("base").resolve() == (tmp_path / "base").resolve()  # a file of that name wins
-    assert model_path("m.pth").name == "m.pth"
+
+
+def test_a_missing_base_model_says_how_to_make_it(tmp_path, monkeypatch):
+    from captcha_recognize.errors import CheckpointError
+    from captcha_recognize.reading import spec
+    monkeypatch.setattr(spec, "BASE_CHECKPOINT", tmp_path / "base_model.pth")
+    with pytest.raises(CheckpointError, match="python -m captcha_recognize.cli.base_model"):
+        load_checkpoint("base")
 
 
 @NEEDS_FONTS
@@ -214,9 +229,15 @@ def test_the_base_model_command_leaves_it_accepting_no_reading(tmp_path, monkeyp
     trained = fresh_checkpoint(tmp_path / "trained.pth", "crnn", BASE_ALPHABET, 8, Preprocess(128, 32, 1))
     ckpt = load_checkpoint(trained)
     torch.save(seal({**ckpt, "threshold": 0.5}), trained)  # as if calibrated on generated captchas
-    monkeypatch.setattr(base_model, "train", lambda cfg: shutil.copy(trained, cfg.out))
     out = tmp_path / "base.pth"
+    during: list[bool] = []
+
+    def fake_train(cfg):
+        shutil.copy(trained, cfg.out)
+        during.append(out.exists())
+    monkeypatch.setattr(base_model, "train", fake_train)
     assert base_model.main(["--images", str(digits_dir), "--out", str(out)]) == 0
+    assert during == [False]  # trained elsewhere: --out is written when it is done, never half-trained
     assert CaptchaRecognizer(out).accepts_nothing
 
 

@@ -93,6 +93,24 @@ def test_accuracy_benchmark_zero_shot_reads_without_training(capsys):
     assert base[12] == "0.00%" and base[13] == "n/a"  # the base model accepts no reading of a site
 
 
+def test_accuracy_benchmark_compares_with_scratch_only_where_a_start_differs(digits_dir, tmp_path, monkeypatch):
+    accuracy = benchmark("accuracy")
+    trained = []
+
+    def fake_run(files, test, cfg, workdir, unlabelled=()):  # auto picks the CNN here
+        trained.append((cfg.arch, cfg.from_scratch))
+        return {"arch": "cnn" if cfg.arch in ("auto", "cnn") else cfg.arch, "sequence_accuracy": 1.0, "seconds": 1.0,
+                "wrong": [], "note": ""}
+    monkeypatch.setattr(accuracy, "run_one", fake_run)
+    monkeypatch.setattr(accuracy, "summarize", lambda runs: {})
+    monkeypatch.setattr(accuracy, "base_scores", lambda *a, **k: None)
+    monkeypatch.setattr(accuracy, "ddddocr_scores", lambda *a: None)
+    args = accuracy.parse_args(["--archs", "auto", "crnn", "--compare-scratch", "--seeds", "0"])
+    rows = accuracy.bench_folder("digits", str(digits_dir), args, accuracy.TrainConfig(), tmp_path)
+    assert [row[1] for row in rows] == ["auto (cnn)", "crnn", "crnn --from-scratch"]
+    assert trained == [("auto", False), ("crnn", False), ("crnn", True)]  # the CNN is not trained again
+
+
 @pytest.mark.slow
 def test_accuracy_benchmark_passes_train_args_to_training():
     r = run_script("benchmarks/accuracy.py", "--quick", "--archs", "crnn", "--train-args=--ema 0.5 --bogus-flag",

@@ -214,3 +214,12 @@ def test_make_captchas_count_and_seed_need_out(capsys):
     assert e.value.code == 2 and "--count and --seed go with --out" in capsys.readouterr().err
     args = parse_args(["--out", "x", "--count", "5", "--seed", "3"])
     assert (args.count, args.seed) == (5, 3)
+
+
+def test_make_captchas_looks_refuses_what_it_would_ignore(capsys):
+    from captcha_recognize.cli.make_captchas import parse_args
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--looks", "--out", "x", "--length", "5"])
+    assert e.value.code == 2 and "--length: --looks draws its own" in capsys.readouterr().err
+    args = parse_args(["--out", "x"])
+    assert (args.alphabet, args.length, args.size) == ("0123456789", 4, (50, 22))  # the defaults without --looks

@@ -5,9 +5,10 @@ Usage:
     python -m captcha_recognize.cli.base_model --minutes 90       # a longer training
 
 The images are written to ``<images>.partial`` and renamed when all are there (an interrupted drawing
-starts again; a folder already there is used as it is), and an interrupted training resumes from its
-last save point (``--resume``). The base model accepts no reading (``--min-confidence`` overrides): a
-threshold set on generated captchas does not hold on real sites.
+starts again; a folder already there is used as it is). The training runs in ``<images>-training/``,
+where an interrupted one resumes from its last save point; ``--out`` is written only when it is done.
+The base model accepts no reading (``--min-confidence`` overrides): a threshold set on generated
+captchas does not hold on real sites.
 The fonts are the installed ones that draw Latin and Cyrillic; the shipped base model saw those of
 ``apt-get install fonts-dejavu fonts-dejavu-extra fonts-freefont-ttf fonts-urw-base35 fonts-liberation
 fonts-liberation2 fonts-crosextra-carlito fonts-linuxlibertine`` (92 font files).
@@ -26,6 +27,7 @@ from captcha_recognize.data.folders import list_images
 from captcha_recognize.data.looks import BASE_ALPHABET, FONTS_HINT, font_files
 from captcha_recognize.data.synthetic import generate
 from captcha_recognize.errors import DataError
+from captcha_recognize.files import atomic_write
 from captcha_recognize.reading.calibration import accept_none
 from captcha_recognize.reading.spec import BASE_CHECKPOINT
 from captcha_recognize.training import TrainConfig, train
@@ -62,13 +64,18 @@ def images(folder: Path, count: int, seed: int) -> Path:
 def base_model(args: argparse.Namespace) -> int:
     folder = images(Path(args.images), args.count, args.seed)
     print(f"{len(list_images([folder]))} captchas in {folder}/")
-    resume = "" if Path(last_path(args.out)).exists() else None
+    work = folder.with_name(folder.name + "-training") / "base.pth"  # --out is written once, when it is done
+    work.parent.mkdir(parents=True, exist_ok=True)
+    resume = "" if Path(last_path(work)).exists() else None
     train(TrainConfig(data=[str(folder)], alphabet=BASE_ALPHABET, case="keep", arch="crnn", ink="off",
                       img_size=INPUT, val_split=0.02, batch_size=64, time_budget=args.minutes, epochs=args.epochs,
-                      seed=args.seed, out=args.out, from_scratch=True, resume=resume))
-    accept_none(args.out)
-    print(f"{args.out} accepts no reading: its threshold was set on generated captchas, which cannot vouch for "
-          "its answers on a real site (a model trained from it sets its own)")
+                      seed=args.seed, out=str(work), from_scratch=True, resume=resume))
+    accept_none(work)
+    atomic_write(args.out, lambda tmp: shutil.copyfile(work, tmp))
+    Path(last_path(work)).unlink(missing_ok=True)
+    print(f"wrote {args.out} (its training's files are in {work.parent}/); it accepts no reading: its threshold "
+          "was set on generated captchas, which cannot vouch for its answers on a real site (a model trained "
+          "from it sets its own)")
     return 0
 
 

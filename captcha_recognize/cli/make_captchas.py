@@ -16,6 +16,7 @@ from captcha_recognize.runtime import check_writable
 DEFAULT_SETS = (("train_images", 4000, 1), ("new_images", 100, 2))  # folder, count, seed
 OUT_COUNT, OUT_SEED = 1000, 0  # with --out
 MAX_SIDE = 4096  # pixels a side of a generated captcha, at most
+DRAWN = {"alphabet": "0123456789", "length": 4, "size": (50, 22)}  # what is drawn, unless --looks
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -23,14 +24,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="folder to write (default: the project's train_images/ and new_images/)")
     p.add_argument("--count", type=positive_int, metavar="N", help=f"images to write into --out (default: {OUT_COUNT})")
     p.add_argument("--seed", type=int, help=f"random seed of --out's texts and drawing (default: {OUT_SEED})")
-    p.add_argument("--alphabet", default="0123456789", help="characters to draw from")
-    p.add_argument("--length", type=positive_int, default=4, metavar="N", help="characters per captcha")
-    p.add_argument("--size", type=image_size, default=(50, 22), metavar="WxH", help="saved image size (default: 50x22)")
+    p.add_argument("--alphabet", help=f"characters to draw from (default: {DRAWN['alphabet']})")
+    p.add_argument("--length", type=positive_int, metavar="N",
+                   help=f"characters per captcha (default: {DRAWN['length']})")
+    p.add_argument("--size", type=image_size, metavar="WxH", help="saved image size (default: 50x22)")
     p.add_argument("--looks", action="store_true",
                    help="captchas of many looks for the base model (fonts installed from font packages, 3-8 "
-                        "digits, Latin or Cyrillic letters or arithmetic, each look its own size): --alphabet, "
-                        "--length and --size do not apply")
+                        "digits, Latin or Cyrillic letters or arithmetic, each look its own size), without --alphabet, "
+                        "--length and --size")
     args = p.parse_args(argv)
+    if args.looks and (given := [f"--{k}" for k in DRAWN if getattr(args, k) is not None]):
+        p.error(f"{' and '.join(given)}: --looks draws its own (3-8 characters of many kinds, each look its size)")
+    for k, v in DRAWN.items():
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     if not args.alphabet:
         p.error("argument --alphabet: give at least one character")
     if unfit := sorted({c for c in args.alphabet if label_problem(c)}):

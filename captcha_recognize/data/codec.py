@@ -8,6 +8,16 @@ from typing import Any, Sequence
 import numpy as np
 
 
+LOOK_ALIKES = dict(zip("аеорсухАВЕКМНОРСТХ", "aeopcyxABEKMHOPCTX"))  # Cyrillic letters drawn as Latin ones
+
+
+def look_alike(char: str, known: str) -> str | None:
+    """The character of ``known`` that ``char`` is drawn like (Cyrillic ``е``: Latin ``e``), when ``char``
+    itself is not known."""
+    twin = LOOK_ALIKES.get(char)
+    return twin if char not in known and twin is not None and twin in known else None
+
+
 class LabelConverter:
     """Owns the alphabet: text <-> class indices, and decoding of model outputs.
 

@@ -15,21 +15,13 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path.home() / ".fonts",
-             Path("C:/Windows/Fonts"), Path("/Library/Fonts"), Path("/System/Library/Fonts"))
+FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("~/.fonts"), Path("C:/Windows/Fonts"),
+             Path("/Library/Fonts"), Path("/System/Library/Fonts"))  # ~: the user's, where there is a home
 # Cyrillic lower case without the letters drawn like Latin ones (а е о р с у х): one class per shape
 CYRILLIC = "бвгджзийклмнптфцчшщъыьэюя"
 BASE_ALPHABET = string.digits + string.ascii_lowercase + string.ascii_uppercase + CYRILLIC + "+-="
-LOOK_ALIKES = dict(zip("аеорсухАВЕКМНОРСТХ", "aeopcyxABEKMHOPCTX"))  # Cyrillic letters drawn as Latin ones
 LENGTHS = (3, 8)
 FONTS_HINT = "apt-get install fonts-dejavu fonts-freefont-ttf"  # fonts that draw digits, Latin and Cyrillic
-
-
-def look_alike(char: str, known: str) -> str | None:
-    """The character of ``known`` that ``char`` is drawn like (Cyrillic ``е``: Latin ``e``), when ``char``
-    itself is not known."""
-    twin = LOOK_ALIKES.get(char)
-    return twin if char not in known and twin is not None and twin in known else None
 
 
 class SeededSecrets(random.Random):
@@ -57,9 +49,19 @@ def seeded_captcha_package(seed: int) -> Iterator[Any]:
 
 @lru_cache(maxsize=None)
 def font_files() -> tuple[Path, ...]:
-    """The installed TrueType/OpenType fonts that draw every character of ``BASE_ALPHABET``."""
-    found = {p.name: p for d in FONT_DIRS if d.is_dir() for ext in ("ttf", "otf") for p in d.rglob(f"*.{ext}")}
+    """The installed TrueType/OpenType fonts that draw digits, Latin and Cyrillic letters and arithmetic
+    symbols (one of each kind is checked)."""
+    found = {p.name: p for d in map(expanded, FONT_DIRS) if d.is_dir() for ext in ("ttf", "otf")
+             for p in d.rglob(f"*.{ext}")}
     return tuple(found[name] for name in sorted(found) if _draws_all(found[name]))  # one per file name
+
+
+def expanded(folder: Path) -> Path:
+    """``folder`` with ``~`` expanded; as it is where no home folder can be found."""
+    try:
+        return folder.expanduser()
+    except RuntimeError:
+        return folder
 
 
 def _draws_all(path: Path) -> bool:

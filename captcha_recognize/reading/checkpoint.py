@@ -21,7 +21,7 @@ from captcha_recognize.data.preprocess import Preprocess
 from captcha_recognize.errors import CheckpointError
 from captcha_recognize.files import atomic_write
 from captcha_recognize.model import CLASSIC_CNN_CHANNELS, CLASSIC_CRNN_CHANNELS, ModelConfig, build_model
-from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT, ModelSpec, model_path
+from captcha_recognize.reading.spec import BASE_NAME, DEFAULT_CHECKPOINT, ModelSpec, model_path
 
 CHECKPOINT_FORMAT = "captcha-recognize/1"
 REQUIRED_KEYS = ("format", "model", "model_args", "alphabet", "label_length", "preprocess")
@@ -86,7 +86,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = model_path(path)
     if not path.is_file():
         out = "" if path.name == DEFAULT_CHECKPOINT else f" --out {path}"
-        raise CheckpointError(f"no checkpoint at {path} (train one with: python torch_model_train.py{out})")
+        make = "python -m captcha_recognize.cli.base_model" if path == model_path(BASE_NAME) else \
+            f"python torch_model_train.py{out}"
+        raise CheckpointError(f"no checkpoint at {path} (train one with: {make})")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; text, images, ... are not
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a torch.save file)")
     try:

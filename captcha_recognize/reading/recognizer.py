@@ -22,11 +22,10 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from captcha_recognize.data.codec import LabelConverter
+from captcha_recognize.data.codec import LabelConverter, look_alike
 from captcha_recognize.data.folders import decode_files, warn_skipped
 from captcha_recognize.data.images import MAX_PIXELS, ImageInput, open_image
 from captcha_recognize.data.labels import parse_label
-from captcha_recognize.data.looks import look_alike
 from captcha_recognize.data.preprocess import image_to_array, images_to_array
 from captcha_recognize.reading.inference import infer
 from captcha_recognize.errors import ConfigError, MissingPackage

@@ -19,7 +19,7 @@ BASE_CHECKPOINT = Path(__file__).resolve().parents[1] / "base_model.pth"  # trai
 
 def model_path(name: str | os.PathLike) -> Path:
     """The model file ``name`` names: ``base`` is the shipped base model, unless a file of that name exists."""
-    return BASE_CHECKPOINT if str(name) == BASE_NAME and not Path(name).exists() else Path(name)
+    return BASE_CHECKPOINT if str(name) == BASE_NAME and not Path(name).is_file() else Path(name)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from captcha_recognize.data.looks import look_alike
+from captcha_recognize.data.codec import look_alike
 from captcha_recognize.errors import CheckpointError
 from captcha_recognize.model import ModelConfig, build_model
 from captcha_recognize.reading.checkpoint import load_checkpoint

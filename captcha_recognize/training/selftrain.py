@@ -293,8 +293,9 @@ def again_seconds(first: float, left: float, budget: float, reading: float) -> f
 
 
 def labelled_round_again(first: TrainConfig, work: Path, seconds: float, events: Events) -> TrainResult:
-    """The labelled-only round once more, for ``seconds``, from another seed (initialisation, order
-    and augmentation) on the same validation split."""
+    """The labelled-only round once more, for ``seconds``, from another seed (order, augmentation, and the
+    initialisation of what the base model does not give) on the same validation split; it starts from the
+    base model as the first did, which few labels need more than a new initialisation."""
     seed = first.seed + AGAIN_SEED
     events.note(f"pseudo-labels are not confident enough: round 0 once more from seed {seed} on the same split, "
                 "keeping whichever reads the validation split better")
