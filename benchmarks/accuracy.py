@@ -77,8 +77,10 @@ def calibration_score(rec: CaptchaRecognizer, test: Sequence[Path]) -> dict[str,
 
 
 def hide_names(files: Sequence[Path], folder: Path) -> dict[str, str]:
-    """Copy ``files`` into ``folder`` under names that are no labels; returns new name -> true label."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Copy ``files`` into ``folder``, emptied first (another set's images must not stay in the pool),
+    under names that are no labels; returns new name -> true label."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     truth = {}
     for i, f in enumerate(files):
         name = f"img{i:05d}{f.suffix}"

@@ -93,6 +93,20 @@ def test_accuracy_benchmark_zero_shot_reads_without_training(capsys):
     assert base[12] == "0.00%" and base[13] == "n/a"  # the base model accepts no reading of a site
 
 
+def test_hidden_names_hold_only_the_sets_own_images(tmp_path):
+    hide_names = benchmark("accuracy").hide_names
+    pool = tmp_path / "unlabelled"
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    for i in range(3):
+        (first / f"{i}12.png").write_bytes(b"png")
+        (second / f"{i}34.jpg").write_bytes(b"jpg")
+    hide_names(sorted(first.iterdir()), pool)
+    truth = hide_names(sorted(second.iterdir()), pool)  # the next set, in the same folder
+    assert sorted(p.name for p in pool.iterdir()) == sorted(truth) == ["img00000.jpg", "img00001.jpg", "img00002.jpg"]
+    assert sorted(truth.values()) == ["034", "134", "234"]
+
+
 def test_accuracy_benchmark_compares_with_scratch_only_where_a_start_differs(digits_dir, tmp_path, monkeypatch):
     accuracy = benchmark("accuracy")
     trained = []
