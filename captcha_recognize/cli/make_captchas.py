@@ -27,7 +27,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alphabet", help=f"characters to draw from (default: {DRAWN['alphabet']})")
     p.add_argument("--length", type=positive_int, metavar="N",
                    help=f"characters per captcha (default: {DRAWN['length']})")
-    p.add_argument("--size", type=image_size, metavar="WxH", help="saved image size (default: 50x22)")
+    p.add_argument("--size", type=image_size, metavar="WxH",
+                   help="saved image size (default: {}x{})".format(*DRAWN["size"]))
     p.add_argument("--looks", action="store_true",
                    help="captchas of many looks for the base model (fonts installed from font packages, 3-8 "
                         "digits, Latin or Cyrillic letters or arithmetic, each look its own size), without --alphabet, "
@@ -36,7 +37,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.looks and (given := [f"--{k}" for k in DRAWN if getattr(args, k) is not None]):
         p.error(f"{' and '.join(given)}: --looks draws its own (3-8 characters of many kinds, each look its size)")
     for k, v in DRAWN.items():
-        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     if not args.alphabet:
         p.error("argument --alphabet: give at least one character")
     if unfit := sorted({c for c in args.alphabet if label_problem(c)}):

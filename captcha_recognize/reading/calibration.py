@@ -235,8 +235,7 @@ def calibrate_checkpoint(path: str | os.PathLike, arrays: np.ndarray, labels: Se
     rec = CaptchaRecognizer(path)
     logits = all_logits(rec.logits, arrays, rec.batch_size).astype(np.float64)  # (N, T|P, K)
     cal = calibrate(logits, labels, rec.converter, target)
-    atomic_save(seal({**load_checkpoint(path), "temperature": cal.temperature, "threshold": cal.threshold,
-                      "calibration": asdict(cal)}), path)
+    store(path, temperature=cal.temperature, threshold=cal.threshold, calibration=asdict(cal))
     return cal
 
 
@@ -244,4 +243,9 @@ def accept_none(path: str | os.PathLike) -> None:
     """Make the checkpoint at ``path`` accept no reading (atomically), its temperature and the
     calibration's numbers kept: for the base model, whose threshold was set on generated captchas,
     which cannot vouch for its answers on a site it has never seen."""
-    atomic_save(seal({**load_checkpoint(path), "threshold": ACCEPT_NONE}), path)
+    store(path, threshold=ACCEPT_NONE)
+
+
+def store(path: str | os.PathLike, **fields: Any) -> None:
+    """Replace ``fields`` of the checkpoint at ``path``, sealed again, atomically."""
+    atomic_save(seal({**load_checkpoint(path), **fields}), path)
