@@ -25,6 +25,7 @@ from captcha_recognize.data.preprocess import Preprocess
 from captcha_recognize.data.folders import list_images
 from captcha_recognize.data.labels import parse_label
 from captcha_recognize.reading.recognizer import CaptchaRecognizer, Prediction
+from captcha_recognize.reading.spec import BASE_CHECKPOINT
 from captcha_recognize.serve.batcher import Batcher
 from captcha_recognize.serve.schemas import RecognizeResponse
 from captcha_recognize.serve.registry import Registry
@@ -322,6 +323,9 @@ def test_bad_start_flags_are_one_line_errors(fresh_ckpt, tmp_path, capsys, monke
         with pytest.raises(SystemExit):
             torch_model_serve.parse_args(["--model", flag])
         assert message in capsys.readouterr().err
+    # "base" names the shipped base model, as it does for torch_model_predict.py --checkpoint
+    base = torch_model_serve.parse_args(["--model", "zero=base"]).model
+    assert base == [("zero", str(BASE_CHECKPOINT))]
 
 
 def test_each_worker_runs_a_pass_per_core_it_has_unless_told(monkeypatch):

@@ -11,6 +11,7 @@ from typing import Sequence
 from captcha_recognize.cli.common import Parser, non_negative_float, port, positive_float, positive_int, run
 from captcha_recognize.device import pick_device
 from captcha_recognize.errors import ConfigError
+from captcha_recognize.reading.spec import model_path
 from captcha_recognize.runtime import check_port
 from captcha_recognize.serve.config import CONFIG_ENV, MODEL_NAME, MULTIPROC_ENV, ServeConfig, config_to_env
 
@@ -18,12 +19,13 @@ WORKER_START_S = 120  # a worker importing torch on a busy machine misses uvicor
 
 
 def model_arg(text: str) -> tuple[str, str]:
-    """``NAME=PATH`` -> ``(NAME, PATH)``."""
+    """``NAME=PATH`` -> ``(NAME, PATH)``; the PATH ``base`` is the shipped base model."""
     name, sep, path = text.partition("=")
     if not sep or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     if not MODEL_NAME.match(name):
         raise argparse.ArgumentTypeError(f"model name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    path = str(model_path(path))
     if Path(path).suffix not in (".pth", ".onnx"):
         raise argparse.ArgumentTypeError(f"{path}: expected a .pth checkpoint or an .onnx export")
     return name, path
@@ -33,8 +35,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = ServeConfig()
     p = Parser(description="Serve captcha models over HTTP.")
     p.add_argument("--model", type=model_arg, action="append", metavar="NAME=PATH",
-                   help="a model to serve, .pth or .onnx (repeatable; the first is the default; "
-                        f"default: {' '.join(f'{k}={v}' for k, v in d.models.items())})")
+                   help="a model to serve, .pth, .onnx or base, the shipped base model (repeatable; the first is "
+                        f"the default; default: {' '.join(f'{k}={v}' for k, v in d.models.items())})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=port, default=8000, help="port to listen on")
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
