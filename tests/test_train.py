@@ -299,6 +299,10 @@ def test_arch_auto_picks_the_cnn_for_fixed_pitch_text_only():
     assert pick(moving, ["1234"] * 90) == "crnn"
     assert pick(fixed, ["1234"] * 89 + ["123"]) == "crnn"  # two lengths: only the crnn reads both
     assert pick(moving, ["1234"] * 90, length=4) == "cnn"  # --length asks for the cnn
+    ten = [f"{i % 10}{(i + 3) % 10}{(i + 5) % 10}{(i + 7) % 10}" for i in range(90)]  # 10 characters
+    assert pick(fixed, ten) == "crnn"  # 90 labels, under 12 per character: the base CRNN
+    assert pick(fixed, ten, from_scratch=True) == "cnn"  # no base model to start from
+    assert pick(fixed[:40], ["1234"] * 40) == "crnn"  # 4 characters: 48 labels needed
 
 
 def test_a_missing_checkpoint_or_resume_file_says_what_to_run(fresh_ckpt, digits_dir, tmp_path):

@@ -19,6 +19,11 @@ ARCH_KEYS = ("arch", "crnn_channels", "rnn_hidden", "batch_norm")  # what must m
 GREY_SHARES = (0.299, 0.587, 0.114)  # of R, G and B in grey (ITU-R 601-2, as Pillow converts)
 
 
+def base_available(cfg: TrainConfig) -> bool:
+    """Whether a CRNN run of ``cfg`` may start from the shipped base model."""
+    return not cfg.from_scratch and not cfg.init_from and BASE_CHECKPOINT.is_file()
+
+
 def base_start(cfg: TrainConfig, model_args: dict[str, Any], alphabet: str, image_channels: int,
                events: Events) -> dict[str, torch.Tensor] | None:
     """The weights a new run starts from: the base model's, fitted to ``model_args`` and ``alphabet``;

@@ -19,6 +19,7 @@ SMALL_SET, SMALL_SET_STEPS = 150, 2400  # sets under SMALL_SET training images g
 MIN_EPOCHS = 32  # large sets still get this many passes
 SPLICE = 0.5  # --splice default where it applies (default_splice)
 FEW_IMAGES = 100  # below this many training images, training warns
+CNN_PER_CHARACTER = 12  # labels per alphabet character under which auto starts the base CRNN, not the CNN
 DEFAULT_LR = {"cnn": 3e-3, "crnn": 1e-3}  # peak of the one-cycle schedule per family
 EMA_DECAY = {"cnn": 0.0, "crnn": 0.999}  # default decay of the saved weight average per family
 

@@ -24,7 +24,8 @@ from captcha_recognize.reading.spec import ModelSpec
 from captcha_recognize.text import plural
 from captcha_recognize.training.config import TrainConfig
 from captcha_recognize.training.events import Events
-from captcha_recognize.training.recipe import FEW_IMAGES
+from captcha_recognize.training.base import base_available
+from captcha_recognize.training.recipe import CNN_PER_CHARACTER, FEW_IMAGES
 
 
 @dataclass
@@ -111,7 +112,9 @@ def without_kept(cfg: TrainConfig) -> TrainConfig:
 def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str]:
     """``--arch auto``: the CNN when every label has one length and the characters sit at fixed,
     evenly spaced places (its position heads then each see one character), else the CRNN, which
-    reads any length and layout. Returns the choice and the reason, for the log."""
+    reads any length and layout. Under ``CNN_PER_CHARACTER`` labels per character of the alphabet
+    the CRNN from the base model, when there is one: the CNN's heads learn each character anew at
+    each position. Returns the choice and the reason, for the log."""
     if cfg.length:
         return "cnn", f"--length {cfg.length} was given"
     if data is None:
@@ -122,9 +125,15 @@ def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str
     sizes = [im.size for im in data.images]
     w, h = cfg.img_size or auto_size(sizes, max_height("cnn", sizes))
     spread = column_spread(to_arrays(data.images[:2000], Preprocess(w, h, CHANNELS["cnn"])))  # (W,)
-    if evenly_spaced(spread, text_span(spread), lengths[0]):
-        return "cnn", f"the {lengths[0]} characters sit at fixed, evenly spaced places"
-    return "crnn", "the characters are not at fixed, evenly spaced places"
+    if not evenly_spaced(spread, text_span(spread), lengths[0]):
+        return "crnn", "the characters are not at fixed, evenly spaced places"
+    where = f"the {lengths[0]} characters sit at fixed, evenly spaced places"
+    alphabet = cfg.alphabet or infer_alphabet(data.labels)
+    need = CNN_PER_CHARACTER * len(alphabet)
+    if len(data.labels) < need and base_available(cfg):
+        return "crnn", (f"{where}, but from {plural(len(data.labels), 'label')}, under {need} ({CNN_PER_CHARACTER} "
+                        "per character), the CRNN from the base model reads better")
+    return "cnn", where
 
 
 def warn_mixed_case(cfg: TrainConfig, labels: Sequence[str], events: Events) -> None:
