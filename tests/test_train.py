@@ -285,16 +285,16 @@ def test_column_spread_of_one_image_has_no_warning():
         assert column_spread(torch.zeros(1, 1, 4, 6, dtype=torch.uint8)).tolist() == [0.0] * 6
 
 
-def test_arch_auto_picks_the_cnn_for_fixed_pitch_text_only():
+def test_arch_auto_picks_the_cnn_for_fixed_pitch_text_with_enough_labels():
     from PIL import Image
     from captcha_recognize.data.folders import LabelledImages
     from test_augment import fixed_and_moving
     from captcha_recognize.training.task import choose_arch
     fixed, moving = fixed_and_moving()  # (90, 1, 8, 60) glyph rows
 
-    def pick(arrays, labels, **cfg):
+    def pick(arrays, labels, pseudo=0, **cfg):
         images = [Image.fromarray(a[0].numpy()) for a in arrays]
-        return choose_arch(LabelledImages(images, labels, []), TrainConfig(**cfg))[0]
+        return choose_arch(LabelledImages(images, labels, []), TrainConfig(**cfg), pseudo)[0]
     assert pick(fixed, ["1234"] * 90) == "cnn"
     assert pick(moving, ["1234"] * 90) == "crnn"
     assert pick(fixed, ["1234"] * 89 + ["123"]) == "crnn"  # two lengths: only the crnn reads both
@@ -303,6 +303,7 @@ def test_arch_auto_picks_the_cnn_for_fixed_pitch_text_only():
     assert pick(fixed, ten) == "crnn"  # 90 labels, under 12 per character: the base CRNN
     assert pick(fixed, ten, from_scratch=True) == "cnn"  # no base model to start from
     assert pick(fixed[:40], ["1234"] * 40) == "crnn"  # 4 characters: 48 labels needed
+    assert pick(fixed[:40], ["1234"] * 40, pseudo=8) == "cnn"  # pseudo-labelled images count
 
 
 def test_a_missing_checkpoint_or_resume_file_says_what_to_run(fresh_ckpt, digits_dir, tmp_path):

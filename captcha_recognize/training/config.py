@@ -22,8 +22,9 @@ from captcha_recognize.errors import ConfigError
 from captcha_recognize.reading.calibration import TARGET_PRECISION, min_evidence
 from captcha_recognize.reading.spec import DEFAULT_CHECKPOINT
 from captcha_recognize.training import plan
-from captcha_recognize.training.recipe import (DEFAULT_LR, DEFAULT_STEPS, EMA_DECAY, FIRST_LR, MIN_EPOCHS, ROUND_EMA,
-                                               SELF_TRAINING_BUDGET, SMALL_SET, SMALL_SET_STEPS, SYNTHETIC_MIX)
+from captcha_recognize.training.recipe import (CNN_PER_CHARACTER, DEFAULT_LR, DEFAULT_STEPS, EMA_DECAY, FIRST_LR,
+                                               MIN_EPOCHS, ROUND_EMA, SELF_TRAINING_BUDGET, SMALL_SET, SMALL_SET_STEPS,
+                                               SYNTHETIC_MIX)
 
 GROUPS = {  # the --help sections, everyday ones first
     "data": "what to learn from",
@@ -98,8 +99,9 @@ class TrainConfig:
         checks.OPEN_PROBABILITY, metavar="P")
     # model
     arch: str = option(
-        "auto", "model", "model family; auto: the cnn when every label has one length and the characters sit at "
-        "fixed, evenly spaced places, else the crnn (training says which and why)", choices=("auto", "cnn", "crnn"))
+        "auto", "model", "model family; auto: the cnn when every label has one length, the characters sit at "
+        f"fixed, evenly spaced places and there are {CNN_PER_CHARACTER} labels or more per character (fewer: the "
+        "crnn from the base model), else the crnn (training says which and why)", choices=("auto", "cnn", "crnn"))
     length: int | None = option(None, "model", "label length for the CNN (default: from the labels)", int,
                                 checks.POSITIVE_INT, metavar="N")
     img_size: tuple[int, int] | None = option(

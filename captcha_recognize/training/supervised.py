@@ -117,7 +117,7 @@ def set_up(cfg: TrainConfig, resume: dict[str, Any] | None, group: ProcessGroup,
     cfg = resolve_arch(cfg, init, resume, events)
     data = read_data(cfg, init, events)
     if cfg.arch == "auto":
-        arch, why = choose_arch(data, cfg)
+        arch, why = choose_arch(data, cfg, len(pseudo.labels) if pseudo is not None else 0)
         events.note(f"arch auto: {arch}, as {why} (--arch cnn or crnn to choose)")
         cfg = replace(cfg, arch=arch)
         check_config(cfg)

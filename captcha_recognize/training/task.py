@@ -109,12 +109,12 @@ def without_kept(cfg: TrainConfig) -> TrainConfig:
                    channels=None, ink="auto", case=None, label_map=None)
 
 
-def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str]:
+def choose_arch(data: LabelledImages | None, cfg: TrainConfig, pseudo: int = 0) -> tuple[str, str]:
     """``--arch auto``: the CNN when every label has one length and the characters sit at fixed,
     evenly spaced places (its position heads then each see one character), else the CRNN, which
     reads any length and layout. Under ``CNN_PER_CHARACTER`` labels per character of the alphabet
-    the CRNN from the base model, when there is one: the CNN's heads learn each character anew at
-    each position. Returns the choice and the reason, for the log."""
+    (``pseudo``-labelled images count) the CRNN from the base model, when there is one: the CNN's
+    heads learn each character anew at each position. Returns the choice and the reason, for the log."""
     if cfg.length:
         return "cnn", f"--length {cfg.length} was given"
     if data is None:
@@ -129,10 +129,10 @@ def choose_arch(data: LabelledImages | None, cfg: TrainConfig) -> tuple[str, str
         return "crnn", "the characters are not at fixed, evenly spaced places"
     where = f"the {lengths[0]} characters sit at fixed, evenly spaced places"
     alphabet = cfg.alphabet or infer_alphabet(data.labels)
-    need = CNN_PER_CHARACTER * len(alphabet)
-    if len(data.labels) < need and base_available(cfg):
-        return "crnn", (f"{where}, but from {plural(len(data.labels), 'label')}, under {need} ({CNN_PER_CHARACTER} "
-                        "per character), the CRNN from the base model reads better")
+    need, have = CNN_PER_CHARACTER * len(alphabet), len(data.labels) + pseudo
+    if have < need and base_available(cfg):
+        return "crnn", (f"{where}, but from {plural(have, 'label')}, under {need} ({CNN_PER_CHARACTER} per "
+                        "character), the CRNN from the base model reads better")
     return "cnn", where
 
 
